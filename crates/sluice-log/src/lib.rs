@@ -1,0 +1,32 @@
+//! Sluice storage engine: the segmented, append-only log of one partition.
+//!
+//! Segments hold Kafka RecordBatch v2 bytes exactly as the client sent them; the log only
+//! rewrites baseOffset and partitionLeaderEpoch (outside the CRC). Files per partition
+//! directory follow Kafka: `<base offset, 20 digits>.log`, `.index`, `.timeindex`, and a
+//! `recovery-point` checkpoint. On open every batch at or after the recovery point is checked
+//! (length, magic, contiguous offsets, CRC32C) and a torn or corrupt tail is truncated.
+//!
+//! Architecture invariant: this crate never touches a socket and knows nothing of tokio or
+//! the Kafka request layer. All I/O is synchronous `std::fs`.
+#![forbid(unsafe_code)]
+
+mod batch;
+mod checkpoint;
+mod error;
+mod index;
+mod log;
+mod recovery;
+mod segment;
+mod time_index;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(test)]
+mod tests;
+
+pub use batch::{validate_for_append, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
+pub use checkpoint::RECOVERY_POINT_FILE;
+pub use error::LogError;
+pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
+pub use recovery::RecoveryReport;

@@ -1,0 +1,566 @@
+//! `Log`: the segments of one partition, appends, reads, timestamp lookups, group-commit
+//! durability and checkpoints.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+
+use crate::batch::{rewrite_header, validate_for_append, BatchHeader};
+use crate::checkpoint::{read_recovery_point, sync_dir, write_recovery_point};
+use crate::recovery::{load_segment, RecoveryReport};
+use crate::segment::{parse_log_file_name, Segment};
+use crate::LogError;
+
+/// Per-partition log settings (Kafka topic config names in the docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll when the active segment would exceed this (`segment.bytes`).
+    pub segment_bytes: u64,
+    /// Roll when the active segment's first append is older than this (`segment.ms`).
+    pub segment_ms: i64,
+    /// Bytes of log between offset index entries (`index.interval.bytes`).
+    pub index_interval_bytes: u32,
+    /// Largest accepted batch (`max.message.bytes`).
+    pub max_batch_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
+            index_interval_bytes: 4096,
+            max_batch_bytes: 1_048_588,
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub records_count: i32,
+    pub batch_bytes: usize,
+}
+
+/// A record timestamp and its offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub timestamp: i64,
+    pub offset: i64,
+}
+
+/// Whole batches of one segment file to copy out (or `sendfile`) outside the broker's lock.
+#[derive(Debug, Clone)]
+pub struct ReadSlice {
+    pub file: Arc<File>,
+    pub position: u64,
+    pub len: usize,
+    /// Base offset of the first batch in the slice.
+    pub first_offset: i64,
+    /// Offset after the last batch in the slice.
+    pub next_offset: i64,
+}
+
+impl ReadSlice {
+    /// Copies the slice with one positional read.
+    pub fn read_to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; self.len];
+        self.file.read_exact_at(&mut bytes, self.position)?;
+        Ok(bytes)
+    }
+}
+
+/// Files to fsync so that everything below `offset_end` is durable (group commit).
+#[derive(Debug, Clone)]
+pub struct SyncTarget {
+    files: Vec<Arc<File>>,
+    /// A directory whose entries (new segment files) must be made durable too.
+    directory: Option<PathBuf>,
+    pub offset_end: i64,
+}
+
+impl SyncTarget {
+    /// fsyncs every file (data only) and the directory if segments were created.
+    pub fn sync(&self) -> std::io::Result<()> {
+        for file in &self.files {
+            file.sync_data()?;
+        }
+        if let Some(directory) = &self.directory {
+            File::open(directory)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// True when syncing would make more than `synced` offsets durable.
+    pub fn is_needed(&self, synced: i64) -> bool {
+        self.offset_end > synced
+    }
+}
+
+/// The segmented log of one partition. Not internally synchronized: the broker wraps it in a
+/// mutex and does the expensive I/O (reads, fsync) outside through `ReadSlice`/`SyncTarget`.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Sorted by base offset, contiguous, never empty; the last one is active.
+    segments: Vec<Segment>,
+    synced_offset: i64,
+    recovery_point: i64,
+    /// Rolled segments that may hold unsynced data: (offset end, file).
+    unsynced_rolled_segments: Vec<(i64, Arc<File>)>,
+    /// Base offset of the newest segment file whose directory entry is not yet fsynced.
+    unsynced_directory_base_offset: Option<i64>,
+    recovery_report: RecoveryReport,
+}
+
+impl Log {
+    /// Opens or creates the partition directory and recovers it (see crate docs).
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log, LogError> {
+        fs::create_dir_all(dir)?;
+        let recovery_point = read_recovery_point(dir)?;
+        let mut report = RecoveryReport::default();
+        let mut segments = load_segments(dir, recovery_point, &config, &mut report)?;
+        if segments.is_empty() {
+            segments.push(Segment::create(dir, 0)?);
+        }
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            synced_offset: 0,
+            recovery_point: 0,
+            unsynced_rolled_segments: Vec::new(),
+            unsynced_directory_base_offset: None,
+            recovery_report: report,
+        };
+        log.finish_recovery(recovery_point)?;
+        Ok(log)
+    }
+
+    /// Makes everything recovery kept durable and checkpoints it, so the next open starts
+    /// from the log end.
+    fn finish_recovery(&mut self, recovery_point: i64) -> Result<(), LogError> {
+        let log_end_offset = self.log_end_offset();
+        for segment in &self.segments {
+            if segment.next_offset > recovery_point || segment.is_empty() {
+                segment.file.sync_all()?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        self.synced_offset = log_end_offset;
+        self.recovery_point = recovery_point.clamp(self.log_start_offset(), log_end_offset);
+        self.recovery_report.segments_loaded = self.segments.len();
+        tracing::debug!(dir = %self.dir.display(), log_start_offset = self.log_start_offset(), log_end_offset, report = ?self.recovery_report, "log opened");
+        self.checkpoint()
+    }
+
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What recovery did when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery_report
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.segments
+            .first()
+            .map_or(0, |segment| segment.base_offset)
+    }
+
+    /// The next offset to be assigned.
+    pub fn log_end_offset(&self) -> i64 {
+        self.segments
+            .last()
+            .map_or(0, |segment| segment.next_offset)
+    }
+
+    /// Offset below which everything is checkpointed as fsynced.
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn active_segment(&mut self) -> Result<&mut Segment, LogError> {
+        self.segments
+            .last_mut()
+            .ok_or_else(|| LogError::Io(std::io::Error::other("log has no segment")))
+    }
+
+    /// Validates one RecordBatch v2, assigns offsets from the log end, stamps the leader
+    /// epoch, rolls if needed and appends it with one write (no fsync).
+    pub fn append(
+        &mut self,
+        batch: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let mut header = validate_for_append(batch, self.config.max_batch_bytes)?;
+        let base_offset = self.log_end_offset();
+        let last_offset = base_offset
+            .checked_add(i64::from(header.last_offset_delta))
+            .ok_or_else(|| LogError::InvalidBatch("offsets overflow i64".to_string()))?;
+        self.maybe_roll(batch.len(), last_offset, now_ms)?;
+        rewrite_header(batch, base_offset, leader_epoch);
+        header.base_offset = base_offset;
+        header.partition_leader_epoch = leader_epoch;
+        let index_interval_bytes = self.config.index_interval_bytes;
+        self.active_segment()?
+            .append(batch, &header, index_interval_bytes, now_ms)?;
+        debug_assert_eq!(self.log_end_offset(), last_offset + 1);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            max_timestamp: header.max_timestamp,
+            records_count: header.records_count,
+            batch_bytes: batch.len(),
+        })
+    }
+
+    fn should_roll(
+        &self,
+        active: &Segment,
+        batch_bytes: usize,
+        last_offset: i64,
+        now_ms: i64,
+    ) -> bool {
+        if active.is_empty() {
+            return false;
+        }
+        let size_after_bytes = u64::from(active.size_bytes).saturating_add(batch_bytes as u64);
+        let too_big =
+            size_after_bytes > self.config.segment_bytes || size_after_bytes > u64::from(u32::MAX);
+        let too_old = active.first_append_ms.is_some_and(|first_append_ms| {
+            now_ms.saturating_sub(first_append_ms) >= self.config.segment_ms
+        });
+        let offsets_overflow = active.relative_offset(last_offset).is_none();
+        too_big || too_old || offsets_overflow
+    }
+
+    fn maybe_roll(
+        &mut self,
+        batch_bytes: usize,
+        last_offset: i64,
+        now_ms: i64,
+    ) -> Result<(), LogError> {
+        let Some(active) = self.segments.last() else {
+            return Err(LogError::Io(std::io::Error::other("log has no segment")));
+        };
+        if !self.should_roll(active, batch_bytes, last_offset, now_ms) {
+            return Ok(());
+        }
+        let base_offset = active.next_offset;
+        let rolled = (active.next_offset, Arc::clone(&active.file));
+        let segment = Segment::create(&self.dir, base_offset)?;
+        tracing::debug!(dir = %self.dir.display(), segment = base_offset, "rolled to a new segment");
+        self.unsynced_rolled_segments.push(rolled);
+        self.unsynced_directory_base_offset = Some(base_offset);
+        self.segments.push(segment);
+        Ok(())
+    }
+
+    fn out_of_range(&self, offset: i64) -> LogError {
+        LogError::OffsetOutOfRange {
+            offset,
+            log_start_offset: self.log_start_offset(),
+            log_end_offset: self.log_end_offset(),
+        }
+    }
+
+    /// Index of the segment holding `offset` (which must be < log end).
+    fn segment_index_for(&self, offset: i64) -> usize {
+        let count = self
+            .segments
+            .partition_point(|segment| segment.base_offset <= offset);
+        let mut index = count.saturating_sub(1);
+        // A read starting at the end of a segment continues in the next one.
+        while index + 1 < self.segments.len() && self.segments[index].next_offset <= offset {
+            index += 1;
+        }
+        index
+    }
+
+    /// Locates whole batches for a fetch at `offset` (see crate docs): the batch containing
+    /// `offset`, then more whole batches up to `max_bytes`, never at or past
+    /// `max_offset_exclusive`, within one segment.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset_exclusive: i64,
+    ) -> Result<Option<ReadSlice>, LogError> {
+        if offset < self.log_start_offset() || offset > self.log_end_offset() {
+            return Err(self.out_of_range(offset));
+        }
+        if offset == self.log_end_offset() || offset >= max_offset_exclusive {
+            return Ok(None);
+        }
+        let segment = &self.segments[self.segment_index_for(offset)];
+        let Some((position, header)) = segment.find_batch_ending_at_or_after(offset)? else {
+            debug_assert!(false, "offset {offset} below the log end has no batch");
+            return Ok(None);
+        };
+        let (end_position, end_offset) = segment.position_of_offset_end(max_offset_exclusive)?;
+        let max_bytes = u32::try_from(max_bytes).unwrap_or(u32::MAX);
+        let limit = position.saturating_add(max_bytes);
+        let (slice_end, next_offset) = if end_position <= limit {
+            (end_position, end_offset)
+        } else {
+            match segment.last_boundary_within(position, header.base_offset, limit)? {
+                (boundary, _) if boundary == position => {
+                    let first_batch_end = position
+                        .saturating_add(u32::try_from(header.total_size()).unwrap_or(u32::MAX));
+                    (first_batch_end, header.next_offset())
+                }
+                found => found,
+            }
+        };
+        debug_assert!(slice_end > position && slice_end <= segment.size_bytes);
+        Ok(Some(ReadSlice {
+            file: Arc::clone(&segment.file),
+            position: u64::from(position),
+            len: (slice_end - position) as usize,
+            first_offset: header.base_offset,
+            next_offset,
+        }))
+    }
+
+    /// Largest batch maxTimestamp in the log and the base offset of the first batch carrying
+    /// it. For the exact record offset (ListOffsets MAX_TIMESTAMP),
+    /// `find_offset_by_timestamp(max.timestamp)` decodes that batch.
+    pub fn max_timestamp(&self) -> Option<TimestampOffset> {
+        let mut max: Option<TimestampOffset> = None;
+        for candidate in self
+            .segments
+            .iter()
+            .filter_map(|segment| segment.max_timestamp)
+        {
+            if max.is_none_or(|max| candidate.timestamp > max.timestamp) {
+                max = Some(candidate);
+            }
+        }
+        max
+    }
+
+    /// First offset whose record timestamp is >= `timestamp_ms`, and that timestamp.
+    pub fn find_offset_by_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<TimestampOffset>, LogError> {
+        for segment in &self.segments {
+            if segment
+                .max_timestamp
+                .is_none_or(|max| max.timestamp < timestamp_ms)
+            {
+                continue;
+            }
+            if let Some(found) = find_in_segment(segment, timestamp_ms)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Files to fsync to make everything up to the current log end durable. Cheap.
+    pub fn sync_target(&self) -> SyncTarget {
+        let mut files: Vec<Arc<File>> = self
+            .unsynced_rolled_segments
+            .iter()
+            .map(|(_, file)| Arc::clone(file))
+            .collect();
+        if let Some(active) = self.segments.last() {
+            files.push(Arc::clone(&active.file));
+        }
+        SyncTarget {
+            files,
+            directory: self
+                .unsynced_directory_base_offset
+                .map(|_| self.dir.clone()),
+            offset_end: self.log_end_offset(),
+        }
+    }
+
+    /// Records that everything below `offset_end` is on disk (after `SyncTarget::sync`).
+    pub fn mark_synced(&mut self, offset_end: i64) {
+        let offset_end = offset_end.min(self.log_end_offset());
+        if offset_end <= self.synced_offset {
+            return;
+        }
+        self.synced_offset = offset_end;
+        self.unsynced_rolled_segments
+            .retain(|(segment_offset_end, _)| *segment_offset_end > offset_end);
+        if self
+            .unsynced_directory_base_offset
+            .is_some_and(|base_offset| offset_end > base_offset)
+        {
+            self.unsynced_directory_base_offset = None;
+        }
+    }
+
+    /// Everything below this offset is known to be on disk.
+    pub fn synced_offset(&self) -> i64 {
+        self.synced_offset
+    }
+
+    /// Writes changed index files and the recovery point (= synced offset), atomically.
+    pub fn checkpoint(&mut self) -> Result<(), LogError> {
+        for segment in &mut self.segments {
+            segment.write_indexes()?;
+        }
+        write_recovery_point(&self.dir, self.synced_offset)?;
+        self.recovery_point = self.synced_offset;
+        Ok(())
+    }
+
+    /// fsyncs everything, marks it synced and checkpoints (clean shutdown).
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        let target = self.sync_target();
+        target.sync()?;
+        sync_dir(&self.dir)?;
+        self.mark_synced(target.offset_end);
+        self.checkpoint()
+    }
+
+    /// Deletes the partition directory (topic deletion).
+    pub fn delete(self) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        drop(self);
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}
+
+/// Lists segment base offsets in `dir`, sorted.
+fn segment_base_offsets(dir: &Path) -> Result<Vec<i64>, LogError> {
+    let mut base_offsets = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(base_offset) = entry.file_name().to_str().and_then(parse_log_file_name) {
+            base_offsets.push(base_offset);
+        }
+    }
+    base_offsets.sort_unstable();
+    Ok(base_offsets)
+}
+
+/// Loads every segment in order; after a truncation or a gap, the later segments are deleted.
+fn load_segments(
+    dir: &Path,
+    recovery_point: i64,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<Vec<Segment>, LogError> {
+    let base_offsets = segment_base_offsets(dir)?;
+    let mut segments: Vec<Segment> = Vec::with_capacity(base_offsets.len());
+    for (i, &base_offset) in base_offsets.iter().enumerate() {
+        let previous_end = segments.last().map(|segment| segment.next_offset);
+        if previous_end.is_some_and(|end| end != base_offset) {
+            tracing::warn!(dir = %dir.display(), segment = base_offset, previous_end, "segment does not follow the previous one; deleting it and later segments");
+            delete_segments(dir, &base_offsets[i..], report)?;
+            break;
+        }
+        let loaded = load_segment(
+            dir,
+            base_offset,
+            recovery_point,
+            config.index_interval_bytes,
+            report,
+        )?;
+        segments.push(loaded.segment);
+        if loaded.truncated {
+            delete_segments(dir, &base_offsets[i + 1..], report)?;
+            break;
+        }
+    }
+    Ok(segments)
+}
+
+fn delete_segments(
+    dir: &Path,
+    base_offsets: &[i64],
+    report: &mut RecoveryReport,
+) -> Result<(), LogError> {
+    for &base_offset in base_offsets {
+        tracing::warn!(dir = %dir.display(), segment = base_offset, "deleting segment after the recovered log end");
+        Segment::delete_files(dir, base_offset)?;
+        report.segments_deleted += 1;
+    }
+    if !base_offsets.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Within a segment whose max timestamp reaches `timestamp_ms`: skip via the time index, walk
+/// batch headers to the first batch with maxTimestamp >= target, decode it for the record.
+fn find_in_segment(
+    segment: &Segment,
+    timestamp_ms: i64,
+) -> Result<Option<TimestampOffset>, LogError> {
+    let start_offset =
+        segment.base_offset + i64::from(segment.time_index.search_start(timestamp_ms));
+    let Some((mut position, _)) = segment.find_batch_ending_at_or_after(start_offset)? else {
+        return Ok(None);
+    };
+    while position < segment.size_bytes {
+        let header = segment.read_header_at(position)?;
+        if header.max_timestamp >= timestamp_ms {
+            let batch = segment.read_batch_at(position, &header)?;
+            if let Some(found) = find_in_batch(batch, &header, timestamp_ms)? {
+                return Ok(Some(found));
+            }
+        }
+        position = position.saturating_add(u32::try_from(header.total_size()).unwrap_or(u32::MAX));
+    }
+    Ok(None)
+}
+
+/// The first record of `batch` with timestamp >= `timestamp_ms`.
+fn find_in_batch(
+    batch: Vec<u8>,
+    header: &BatchHeader,
+    timestamp_ms: i64,
+) -> Result<Option<TimestampOffset>, LogError> {
+    if header.is_log_append_time() {
+        // Every record carries the batch's maxTimestamp.
+        return Ok(Some(TimestampOffset {
+            timestamp: header.max_timestamp,
+            offset: header.base_offset,
+        }));
+    }
+    let mut bytes = Bytes::from(batch);
+    let record_set = RecordBatchDecoder::decode(&mut bytes).map_err(|error| {
+        LogError::CorruptBatch(format!(
+            "batch at offset {} does not decode: {error}",
+            header.base_offset
+        ))
+    })?;
+    Ok(record_set
+        .records
+        .iter()
+        .find(|record| record.timestamp >= timestamp_ms)
+        .map(|record| TimestampOffset {
+            timestamp: record.timestamp,
+            offset: record.offset,
+        }))
+}

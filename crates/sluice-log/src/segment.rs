@@ -1,0 +1,303 @@
+//! One segment: a `.log` file of whole batches plus its in-memory offset and time indexes.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{BatchHeader, BATCH_HEADER_BYTES};
+use crate::checkpoint::write_atomically;
+use crate::index::{OffsetIndex, OffsetIndexEntry};
+use crate::time_index::{TimeIndex, TimeIndexEntry};
+use crate::{LogError, TimestampOffset};
+
+pub const LOG_SUFFIX: &str = "log";
+pub const INDEX_SUFFIX: &str = "index";
+pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// `<base offset, 20 digits>.<suffix>`, Kafka's naming.
+pub fn file_name(base_offset: i64, suffix: &str) -> String {
+    format!("{base_offset:020}.{suffix}")
+}
+
+/// Parses a `.log` file name back into its base offset.
+pub fn parse_log_file_name(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<i64>().ok()
+}
+
+/// Opens a segment file for positional reads and writes.
+pub fn open_log_file(path: &Path, create: bool) -> Result<File, LogError> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)?)
+}
+
+/// A segment of the log. `size_bytes` is the committed end: reads never go past it.
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: i64,
+    pub dir: PathBuf,
+    pub file: Arc<File>,
+    pub size_bytes: u32,
+    /// Offset after the last batch (== base_offset when empty).
+    pub next_offset: i64,
+    pub offset_index: OffsetIndex,
+    pub time_index: TimeIndex,
+    /// Largest batch maxTimestamp and the base offset of the batch holding it.
+    pub max_timestamp: Option<TimestampOffset>,
+    pub bytes_since_index_entry: u32,
+    /// Wall-clock time of the first append since this process created or opened it.
+    pub first_append_ms: Option<i64>,
+    /// Indexes changed since they were last written.
+    pub indexes_dirty: bool,
+}
+
+impl Segment {
+    /// A segment with no batches backed by `file`.
+    pub fn empty(dir: &Path, base_offset: i64, file: File) -> Segment {
+        Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file: Arc::new(file),
+            size_bytes: 0,
+            next_offset: base_offset,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            max_timestamp: None,
+            bytes_since_index_entry: 0,
+            first_append_ms: None,
+            indexes_dirty: true,
+        }
+    }
+
+    /// Creates a new empty segment file (replacing a stale one with the same name).
+    pub fn create(dir: &Path, base_offset: i64) -> Result<Segment, LogError> {
+        let path = dir.join(file_name(base_offset, LOG_SUFFIX));
+        let file = open_log_file(&path, true)?;
+        file.set_len(0)?;
+        Ok(Segment::empty(dir, base_offset, file))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size_bytes == 0
+    }
+
+    /// Offset relative to the segment base, if it fits the index format.
+    pub fn relative_offset(&self, offset: i64) -> Option<u32> {
+        offset
+            .checked_sub(self.base_offset)
+            .and_then(|delta| u32::try_from(delta).ok())
+    }
+
+    /// Records a batch that now sits at `position` (appended or found by recovery): index
+    /// entries every `index_interval_bytes`, maximum timestamp, sizes and offsets.
+    pub fn track_batch(
+        &mut self,
+        position: u32,
+        header: &BatchHeader,
+        size_bytes: u32,
+        index_interval_bytes: u32,
+    ) {
+        debug_assert_eq!(position, self.size_bytes);
+        debug_assert_eq!(header.base_offset, self.next_offset);
+        let relative_offset = self.relative_offset(header.base_offset).unwrap_or(u32::MAX);
+        if self
+            .max_timestamp
+            .is_none_or(|max| header.max_timestamp > max.timestamp)
+        {
+            self.max_timestamp = Some(TimestampOffset {
+                timestamp: header.max_timestamp,
+                offset: header.base_offset,
+            });
+        }
+        if self.bytes_since_index_entry >= index_interval_bytes {
+            self.add_index_entries(relative_offset, position);
+        }
+        self.bytes_since_index_entry = self.bytes_since_index_entry.saturating_add(size_bytes);
+        self.size_bytes = position.saturating_add(size_bytes);
+        self.next_offset = header.next_offset();
+        self.indexes_dirty = true;
+    }
+
+    fn add_index_entries(&mut self, relative_offset: u32, position: u32) {
+        if self
+            .offset_index
+            .last()
+            .is_none_or(|last| last.position < position && last.relative_offset < relative_offset)
+        {
+            self.offset_index.push(OffsetIndexEntry {
+                relative_offset,
+                position,
+            });
+        }
+        if let Some(max) = self.max_timestamp {
+            if let Some(max_relative_offset) = self.relative_offset(max.offset) {
+                self.time_index.maybe_push(TimeIndexEntry {
+                    timestamp_ms: max.timestamp,
+                    relative_offset: max_relative_offset,
+                });
+            }
+        }
+        self.bytes_since_index_entry = 0;
+    }
+
+    /// Appends one validated batch with a single positional write at the committed end.
+    pub fn append(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        index_interval_bytes: u32,
+        now_ms: i64,
+    ) -> Result<(), LogError> {
+        let position = self.size_bytes;
+        let size_bytes = u32::try_from(batch.len()).map_err(|_| LogError::BatchTooLarge {
+            size: batch.len(),
+            max: u32::MAX as usize,
+        })?;
+        if let Err(error) = self.file.write_all_at(batch, u64::from(position)) {
+            // Cut whatever part of the batch reached the file; the next append overwrites it anyway.
+            let _ = self.file.set_len(u64::from(position));
+            return Err(error.into());
+        }
+        self.first_append_ms.get_or_insert(now_ms);
+        self.track_batch(position, header, size_bytes, index_interval_bytes);
+        Ok(())
+    }
+
+    /// Reads the header of the batch at `position`, never past the committed end.
+    pub fn read_header_at(&self, position: u32) -> Result<BatchHeader, LogError> {
+        let end = u64::from(position) + BATCH_HEADER_BYTES as u64;
+        if end > u64::from(self.size_bytes) {
+            return Err(LogError::CorruptBatch(format!(
+                "batch header at {position} runs past segment end {}",
+                self.size_bytes
+            )));
+        }
+        let mut bytes = [0u8; BATCH_HEADER_BYTES];
+        self.file.read_exact_at(&mut bytes, u64::from(position))?;
+        let header = BatchHeader::parse(&bytes)?;
+        let batch_end = u64::from(position) + header.total_size() as u64;
+        if batch_end > u64::from(self.size_bytes) {
+            return Err(LogError::CorruptBatch(format!(
+                "batch at {position} runs past segment end {}",
+                self.size_bytes
+            )));
+        }
+        Ok(header)
+    }
+
+    /// Reads the whole batch at `position`.
+    pub fn read_batch_at(&self, position: u32, header: &BatchHeader) -> Result<Vec<u8>, LogError> {
+        let mut bytes = vec![0u8; header.total_size()];
+        self.file.read_exact_at(&mut bytes, u64::from(position))?;
+        Ok(bytes)
+    }
+
+    /// Position after the batch at `position` with `header`, checked against the segment end.
+    fn position_after(&self, position: u32, header: &BatchHeader) -> Result<u32, LogError> {
+        u32::try_from(header.total_size())
+            .ok()
+            .and_then(|size| position.checked_add(size))
+            .filter(|end| *end <= self.size_bytes)
+            .ok_or_else(|| LogError::CorruptBatch(format!("batch at {position} overflows")))
+    }
+
+    /// Walks batch headers from the index floor of `offset` and returns the first batch whose
+    /// last offset is >= `offset` (the batch containing it), or None at the segment end.
+    pub fn find_batch_ending_at_or_after(
+        &self,
+        offset: i64,
+    ) -> Result<Option<(u32, BatchHeader)>, LogError> {
+        let relative_offset = self
+            .relative_offset(offset.max(self.base_offset))
+            .unwrap_or(u32::MAX);
+        let mut position = self.offset_index.floor_by_offset(relative_offset).position;
+        while position < self.size_bytes {
+            let header = self.read_header_at(position)?;
+            if header.last_offset() >= offset {
+                return Ok(Some((position, header)));
+            }
+            position = self.position_after(position, &header)?;
+        }
+        Ok(None)
+    }
+
+    /// Position where batches with base offset >= `offset_end_exclusive` start (or the
+    /// segment end), and the offset after the batches before it.
+    pub fn position_of_offset_end(
+        &self,
+        offset_end_exclusive: i64,
+    ) -> Result<(u32, i64), LogError> {
+        if offset_end_exclusive >= self.next_offset {
+            return Ok((self.size_bytes, self.next_offset));
+        }
+        match self.find_batch_ending_at_or_after(offset_end_exclusive)? {
+            Some((position, header)) if header.base_offset < offset_end_exclusive => Ok((
+                self.position_after(position, &header)?,
+                header.next_offset(),
+            )),
+            Some((position, header)) => Ok((position, header.base_offset)),
+            None => Ok((self.size_bytes, self.next_offset)),
+        }
+    }
+
+    /// The last batch boundary in `(start, limit]` reachable from `start`, walking from the
+    /// index entry nearest below `limit`; `start` itself when the first batch crosses `limit`.
+    /// Also returns the offset after the last included batch.
+    pub fn last_boundary_within(
+        &self,
+        start: u32,
+        start_offset: i64,
+        limit: u32,
+    ) -> Result<(u32, i64), LogError> {
+        let floor = self.offset_index.floor_by_position(limit);
+        let (mut position, mut next_offset) = if floor.position > start {
+            let offset = self.base_offset + i64::from(floor.relative_offset);
+            (floor.position, offset)
+        } else {
+            (start, start_offset)
+        };
+        while position < self.size_bytes {
+            let header = self.read_header_at(position)?;
+            let end = self.position_after(position, &header)?;
+            if end > limit {
+                break;
+            }
+            position = end;
+            next_offset = header.next_offset();
+        }
+        Ok((position, next_offset))
+    }
+
+    /// Writes both index files atomically (temp, fsync, rename, fsync dir) if they changed.
+    pub fn write_indexes(&mut self) -> Result<(), LogError> {
+        if !self.indexes_dirty {
+            return Ok(());
+        }
+        let index_name = file_name(self.base_offset, INDEX_SUFFIX);
+        write_atomically(&self.dir, &index_name, &self.offset_index.to_bytes())?;
+        let time_index_name = file_name(self.base_offset, TIME_INDEX_SUFFIX);
+        write_atomically(&self.dir, &time_index_name, &self.time_index.to_bytes())?;
+        self.indexes_dirty = false;
+        Ok(())
+    }
+
+    /// Removes the segment's files (log and indexes); missing index files are fine.
+    pub fn delete_files(dir: &Path, base_offset: i64) -> Result<(), LogError> {
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            match fs::remove_file(dir.join(file_name(base_offset, suffix))) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+}
