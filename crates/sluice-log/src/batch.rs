@@ -174,3 +174,84 @@ pub fn rewrite_header(batch: &mut [u8], base_offset: i64, partition_leader_epoch
     batch[PARTITION_LEADER_EPOCH_START..PARTITION_LEADER_EPOCH_START + 4]
         .copy_from_slice(&partition_leader_epoch.to_be_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::batch;
+
+    #[test]
+    fn parses_a_valid_batch() {
+        let bytes = batch(3, 10, 1_000);
+        let header = validate_for_append(&bytes, 1 << 20).unwrap();
+        assert_eq!(header.total_size(), bytes.len());
+        assert_eq!(header.records_count, 3);
+        assert_eq!(header.last_offset_delta, 2);
+        assert_eq!(header.max_timestamp, 1_000);
+        assert_eq!(header.magic, MAGIC_V2);
+    }
+
+    #[test]
+    fn rewriting_offset_and_epoch_keeps_the_crc_valid() {
+        let mut bytes = batch(2, 5, 7);
+        rewrite_header(&mut bytes, 1234, 9);
+        let header = validate_for_append(&bytes, 1 << 20).unwrap();
+        assert_eq!(header.base_offset, 1234);
+        assert_eq!(header.partition_leader_epoch, 9);
+        assert_eq!(header.last_offset(), 1235);
+    }
+
+    #[test]
+    fn rejects_bad_batches_with_the_right_error() {
+        let good = batch(2, 10, 0);
+        let mut bad_crc = good.clone();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 0xff;
+        assert!(matches!(
+            validate_for_append(&bad_crc, 1 << 20),
+            Err(LogError::CorruptBatch(_))
+        ));
+        let mut bad_magic = good.clone();
+        bad_magic[16] = 1;
+        assert!(matches!(
+            validate_for_append(&bad_magic, 1 << 20),
+            Err(LogError::InvalidBatch(_))
+        ));
+        assert!(matches!(
+            validate_for_append(&good, good.len() - 1),
+            Err(LogError::BatchTooLarge { .. })
+        ));
+        assert!(matches!(
+            validate_for_append(&good[..40], 1 << 20),
+            Err(LogError::CorruptBatch(_))
+        ));
+        assert!(matches!(
+            validate_for_append(&good[..good.len() - 1], 1 << 20),
+            Err(LogError::CorruptBatch(_))
+        ));
+        let mut two = good.clone();
+        two.extend_from_slice(&good);
+        assert!(matches!(
+            validate_for_append(&two, 1 << 20),
+            Err(LogError::InvalidBatch(_))
+        ));
+        let mut negative_length = good.clone();
+        negative_length[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(matches!(
+            validate_for_append(&negative_length, 1 << 20),
+            Err(LogError::CorruptBatch(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_inconsistent_record_counts() {
+        let mut bytes = batch(3, 1, 0);
+        bytes[57..61].copy_from_slice(&5i32.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[CRC_START..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            validate_for_append(&bytes, 1 << 20),
+            Err(LogError::InvalidBatch(_))
+        ));
+    }
+}

@@ -22,9 +22,6 @@ mod time_index;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-#[cfg(test)]
-mod tests;
-
 pub use batch::{validate_for_append, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
 pub use checkpoint::RECOVERY_POINT_FILE;
 pub use error::LogError;

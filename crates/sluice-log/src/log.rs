@@ -564,3 +564,6 @@ fn find_in_batch(
             offset: record.offset,
         }))
 }
+
+#[cfg(test)]
+mod tests;

@@ -266,3 +266,6 @@ fn truncate(segment: &Segment, file_len: u64, bad: &BadBatch) -> Result<(), LogE
     segment.file.sync_all()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

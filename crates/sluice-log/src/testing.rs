@@ -59,3 +59,63 @@ fn record(index: usize, timestamp: i64, value_bytes: usize) -> Record {
         headers: IndexMap::new(),
     }
 }
+
+/// The bytes the log stores for `batch` appended at `base_offset` with `leader_epoch`.
+pub fn stamped(batch: &[u8], base_offset: i64, leader_epoch: i32) -> Vec<u8> {
+    let mut bytes = batch.to_vec();
+    bytes[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    bytes[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+    bytes
+}
+
+/// A batch stored in a log by a test: its offsets and the exact bytes on disk.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// Appends `batch` (leader epoch 7) and returns what the log should now hold for it.
+pub fn append_stored(log: &mut crate::Log, batch: &[u8], now_ms: i64) -> StoredBatch {
+    let mut bytes = batch.to_vec();
+    let info = match log.append(&mut bytes, 7, now_ms) {
+        Ok(info) => info,
+        Err(error) => panic!("append failed: {error}"),
+    };
+    assert_eq!(bytes, stamped(batch, info.base_offset, 7));
+    StoredBatch {
+        base_offset: info.base_offset,
+        last_offset: info.last_offset,
+        bytes,
+    }
+}
+
+/// The first whole batch a fetch at `offset` returns.
+pub fn read_first_batch(log: &crate::Log, offset: i64) -> Vec<u8> {
+    let slice = match log.read(offset, 0, i64::MAX) {
+        Ok(Some(slice)) => slice,
+        other => panic!("read at {offset} gave {other:?}"),
+    };
+    match slice.read_to_vec() {
+        Ok(bytes) => bytes,
+        Err(error) => panic!("read_to_vec failed: {error}"),
+    }
+}
+
+/// Checks that every offset of every stored batch reads back exactly that batch.
+pub fn assert_every_offset_reads_back(log: &crate::Log, stored: &[StoredBatch]) {
+    for batch in stored {
+        for offset in batch.base_offset..=batch.last_offset {
+            assert_eq!(
+                read_first_batch(log, offset),
+                batch.bytes,
+                "offset {offset}"
+            );
+        }
+    }
+    let log_end_offset = stored
+        .last()
+        .map_or(log.log_start_offset(), |b| b.last_offset + 1);
+    assert_eq!(log.log_end_offset(), log_end_offset);
+}

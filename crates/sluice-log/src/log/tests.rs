@@ -1,0 +1,506 @@
+use std::fs;
+
+use super::*;
+use crate::testing::{
+    append_stored, assert_every_offset_reads_back, batch, encode_batch, read_first_batch, stamped,
+    StoredBatch, TestCompression,
+};
+
+fn config(segment_bytes: u64, index_interval_bytes: u32) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes,
+        ..LogConfig::default()
+    }
+}
+
+fn segment_log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn append_then_read_round_trips_bytes_except_offset_and_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+    let first = batch(3, 20, 100);
+    let mut bytes = first.clone();
+    let info = log.append(&mut bytes, 5, 0).unwrap();
+    assert_eq!(
+        info,
+        AppendInfo {
+            base_offset: 0,
+            last_offset: 2,
+            max_timestamp: 100,
+            records_count: 3,
+            batch_bytes: first.len()
+        }
+    );
+    let second = batch(1, 5, 200);
+    let info = log.append(&mut second.clone(), 6, 0).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (3, 3));
+    let slice = log.read(0, 1 << 20, i64::MAX).unwrap().unwrap();
+    let mut expected = stamped(&first, 0, 5);
+    expected.extend_from_slice(&stamped(&second, 3, 6));
+    assert_eq!(slice.read_to_vec().unwrap(), expected);
+    assert_eq!((slice.first_offset, slice.next_offset), (0, 4));
+    assert_eq!(log.log_end_offset(), 4);
+}
+
+#[test]
+fn read_in_the_middle_of_a_batch_returns_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    let stored: Vec<StoredBatch> = (0..5)
+        .map(|i| append_stored(&mut log, &batch(4, 10, i), 0))
+        .collect();
+    let slice = log.read(9, 0, i64::MAX).unwrap().unwrap();
+    assert_eq!((slice.first_offset, slice.next_offset), (8, 12));
+    assert_eq!(slice.read_to_vec().unwrap(), stored[2].bytes);
+}
+
+#[test]
+fn read_respects_max_bytes_but_returns_at_least_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 100)).unwrap();
+    let stored: Vec<StoredBatch> = (0..20)
+        .map(|i| append_stored(&mut log, &batch(2, 50, i), 0))
+        .collect();
+    let batch_bytes = stored[0].bytes.len();
+    let slice = log.read(0, 1, i64::MAX).unwrap().unwrap();
+    assert_eq!(slice.len, batch_bytes);
+    assert_eq!(slice.next_offset, 2);
+    let slice = log
+        .read(4, batch_bytes * 3 + batch_bytes / 2, i64::MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(slice.len, batch_bytes * 3);
+    assert_eq!((slice.first_offset, slice.next_offset), (4, 10));
+    let expected: Vec<u8> = stored[2..5].iter().flat_map(|b| b.bytes.clone()).collect();
+    assert_eq!(slice.read_to_vec().unwrap(), expected);
+    let slice = log.read(0, usize::MAX, i64::MAX).unwrap().unwrap();
+    assert_eq!(slice.len, batch_bytes * 20);
+    assert_eq!(slice.next_offset, 40);
+}
+
+#[test]
+fn read_never_reaches_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    for i in 0..10 {
+        append_stored(&mut log, &batch(2, 10, i), 0);
+    }
+    let slice = log.read(0, usize::MAX, 6).unwrap().unwrap();
+    assert_eq!((slice.first_offset, slice.next_offset), (0, 6));
+    let slice = log.read(3, usize::MAX, 6).unwrap().unwrap();
+    assert_eq!((slice.first_offset, slice.next_offset), (2, 6));
+    assert!(log.read(6, usize::MAX, 6).unwrap().is_none());
+    assert!(log.read(20, usize::MAX, i64::MAX).unwrap().is_none());
+    assert!(matches!(
+        log.read(21, 1, i64::MAX),
+        Err(LogError::OffsetOutOfRange { offset: 21, .. })
+    ));
+    assert!(matches!(
+        log.read(-1, 1, i64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn rolls_by_size_and_reads_continue_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = batch(1, 100, 0);
+    let mut log = Log::open(dir.path(), config(one.len() as u64 * 3, 0)).unwrap();
+    let stored: Vec<StoredBatch> = (0..10).map(|_| append_stored(&mut log, &one, 0)).collect();
+    assert_eq!(log.segment_count(), 4);
+    assert_eq!(segment_log_files(dir.path()).len(), 4);
+    assert!(dir.path().join("00000000000000000003.log").exists());
+    // A read at a segment boundary is served from the next segment only.
+    let slice = log.read(3, usize::MAX, i64::MAX).unwrap().unwrap();
+    assert_eq!((slice.first_offset, slice.next_offset), (3, 6));
+    assert_every_offset_reads_back(&log, &stored);
+}
+
+#[test]
+fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(10, 0)).unwrap();
+    let stored: Vec<StoredBatch> = (0..3)
+        .map(|_| append_stored(&mut log, &batch(2, 10, 0), 0))
+        .collect();
+    assert_eq!(log.segment_count(), 3);
+    assert_every_offset_reads_back(&log, &stored);
+}
+
+#[test]
+fn rolls_by_time_measured_from_the_first_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_ms: 1_000,
+            ..LogConfig::default()
+        },
+    )
+    .unwrap();
+    append_stored(&mut log, &batch(1, 1, 0), 10_000);
+    append_stored(&mut log, &batch(1, 1, 0), 10_999);
+    assert_eq!(log.segment_count(), 1);
+    append_stored(&mut log, &batch(1, 1, 0), 11_000);
+    assert_eq!(log.segment_count(), 2);
+    append_stored(&mut log, &batch(1, 1, 0), 11_500);
+    assert_eq!(log.segment_count(), 2);
+    append_stored(&mut log, &batch(1, 1, 0), 12_000);
+    assert_eq!(log.segment_count(), 3);
+}
+
+#[test]
+fn index_lookups_find_every_offset_across_many_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(4_000, 300)).unwrap();
+    let stored: Vec<StoredBatch> = (0..200)
+        .map(|i| {
+            append_stored(
+                &mut log,
+                &batch(1 + (i % 5), 10 + (i * 7) % 90, i as i64),
+                0,
+            )
+        })
+        .collect();
+    assert!(log.segment_count() > 5);
+    assert_every_offset_reads_back(&log, &stored);
+    log.flush().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), config(4_000, 300)).unwrap();
+    assert_eq!(log.recovery_report().indexes_rebuilt, 0);
+    assert_every_offset_reads_back(&log, &stored);
+}
+
+#[test]
+fn find_offset_by_timestamp_handles_non_monotonic_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(300, 0)).unwrap();
+    // offsets 0..3 | 3..5 | 5..8
+    append_stored(
+        &mut log,
+        &encode_batch(&[100, 300, 200], 10, TestCompression::None),
+        0,
+    );
+    append_stored(
+        &mut log,
+        &encode_batch(&[150, 120], 10, TestCompression::None),
+        0,
+    );
+    append_stored(
+        &mut log,
+        &encode_batch(&[500, 400, 450], 10, TestCompression::None),
+        0,
+    );
+    let find = |timestamp_ms| log.find_offset_by_timestamp(timestamp_ms).unwrap();
+    let at = |timestamp, offset| Some(TimestampOffset { timestamp, offset });
+    assert_eq!(find(0), at(100, 0));
+    assert_eq!(find(100), at(100, 0));
+    assert_eq!(find(101), at(300, 1));
+    assert_eq!(find(300), at(300, 1));
+    assert_eq!(find(301), at(500, 5));
+    assert_eq!(find(460), at(500, 5));
+    assert_eq!(find(501), None);
+    assert_eq!(log.max_timestamp(), at(500, 5));
+}
+
+#[test]
+fn find_offset_by_timestamp_decodes_compressed_batches() {
+    for compression in [
+        TestCompression::Gzip,
+        TestCompression::Lz4,
+        TestCompression::Zstd,
+        TestCompression::Snappy,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+        append_stored(&mut log, &encode_batch(&[10, 20], 100, compression), 0);
+        let stored = append_stored(
+            &mut log,
+            &encode_batch(&[30, 60, 40, 50], 100, compression),
+            0,
+        );
+        assert_eq!(read_first_batch(&log, 3), stored.bytes);
+        let found = log.find_offset_by_timestamp(45).unwrap();
+        assert_eq!(
+            found,
+            Some(TimestampOffset {
+                timestamp: 60,
+                offset: 3
+            }),
+            "{compression:?}"
+        );
+        let found = log.find_offset_by_timestamp(25).unwrap();
+        assert_eq!(
+            found,
+            Some(TimestampOffset {
+                timestamp: 30,
+                offset: 2
+            })
+        );
+    }
+}
+
+#[test]
+fn find_offset_by_timestamp_uses_time_indexes_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(2_000, 200)).unwrap();
+    for i in 0..300i64 {
+        append_stored(
+            &mut log,
+            &encode_batch(&[i * 10, i * 10 + 5], 20, TestCompression::None),
+            0,
+        );
+    }
+    assert!(log.segment_count() > 3);
+    for target in [0, 7, 1234, 1235, 1236, 2990, 2995] {
+        let found = log.find_offset_by_timestamp(target).unwrap().unwrap();
+        let expected_offset = if target % 10 == 0 {
+            target / 5
+        } else if target % 10 <= 5 {
+            target / 10 * 2 + 1
+        } else {
+            target / 10 * 2 + 2
+        };
+        assert_eq!(found.offset, expected_offset, "target {target}");
+        assert!(found.timestamp >= target);
+    }
+    assert_eq!(log.find_offset_by_timestamp(2996).unwrap(), None);
+    log.flush().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), config(2_000, 200)).unwrap();
+    assert_eq!(
+        log.find_offset_by_timestamp(1236).unwrap().unwrap().offset,
+        248
+    );
+    assert_eq!(log.max_timestamp().unwrap().timestamp, 2995);
+}
+
+#[test]
+fn invalid_appends_are_rejected_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        LogConfig {
+            max_batch_bytes: 500,
+            ..LogConfig::default()
+        },
+    )
+    .unwrap();
+    let stored = append_stored(&mut log, &batch(1, 10, 0), 0);
+    let good = batch(2, 10, 0);
+    let mut bad_crc = good.clone();
+    bad_crc[70] ^= 1;
+    let mut bad_magic = good.clone();
+    bad_magic[16] = 0;
+    let mut lying_length = good.clone();
+    lying_length[8..12].copy_from_slice(&(i32::MAX).to_be_bytes());
+    let mut two = good.clone();
+    two.extend_from_slice(&good);
+    let cases: Vec<(Vec<u8>, fn(&LogError) -> bool)> = vec![
+        (bad_crc, |e| matches!(e, LogError::CorruptBatch(_))),
+        (bad_magic, |e| matches!(e, LogError::InvalidBatch(_))),
+        (batch(1, 600, 0), |e| {
+            matches!(e, LogError::BatchTooLarge { max: 500, .. })
+        }),
+        (good[..30].to_vec(), |e| {
+            matches!(e, LogError::CorruptBatch(_))
+        }),
+        (Vec::new(), |e| matches!(e, LogError::CorruptBatch(_))),
+        (lying_length, |e| matches!(e, LogError::CorruptBatch(_))),
+        (two, |e| matches!(e, LogError::InvalidBatch(_))),
+    ];
+    let file_len = || {
+        fs::metadata(dir.path().join("00000000000000000000.log"))
+            .unwrap()
+            .len()
+    };
+    let len_before = file_len();
+    for (mut bytes, is_expected) in cases {
+        let error = log.append(&mut bytes, 1, 0).unwrap_err();
+        assert!(is_expected(&error), "{error:?}");
+        assert_eq!(log.log_end_offset(), 1);
+        assert_eq!(file_len(), len_before);
+    }
+    assert_every_offset_reads_back(&log, &[stored]);
+}
+
+#[test]
+fn sync_target_keeps_rolled_segments_until_marked_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = batch(1, 100, 0);
+    let mut log = Log::open(dir.path(), config(one.len() as u64, 0)).unwrap();
+    assert_eq!(log.synced_offset(), 0);
+    assert!(!log.sync_target().is_needed(log.synced_offset()));
+    append_stored(&mut log, &one, 0);
+    append_stored(&mut log, &one, 0);
+    let target = log.sync_target();
+    assert_eq!(target.offset_end, 2);
+    assert_eq!(target.files.len(), 2);
+    assert!(target.directory.is_some());
+    assert!(target.is_needed(log.synced_offset()));
+    append_stored(&mut log, &one, 0);
+    target.sync().unwrap();
+    log.mark_synced(target.offset_end);
+    assert_eq!(log.synced_offset(), 2);
+    let target = log.sync_target();
+    assert_eq!((target.offset_end, target.files.len()), (3, 1));
+    assert!(target.directory.is_some());
+    target.sync().unwrap();
+    log.mark_synced(target.offset_end);
+    let target = log.sync_target();
+    assert_eq!(target.files.len(), 1);
+    assert!(target.directory.is_none());
+    assert!(!target.is_needed(log.synced_offset()));
+    log.checkpoint().unwrap();
+    assert_eq!(log.recovery_point(), 3);
+    assert_eq!(
+        fs::read_to_string(dir.path().join(crate::RECOVERY_POINT_FILE))
+            .unwrap()
+            .trim(),
+        "3"
+    );
+}
+
+#[test]
+fn reopen_after_clean_flush_does_not_scan_below_the_recovery_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    let stored: Vec<StoredBatch> = (0..10)
+        .map(|i| append_stored(&mut log, &batch(3, 30, i), 0))
+        .collect();
+    log.flush().unwrap();
+    assert_eq!((log.synced_offset(), log.recovery_point()), (30, 30));
+    drop(log);
+    // Flip a payload byte of the first batch: only a CRC scan would notice.
+    let path = dir.path().join("00000000000000000000.log");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[70] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    assert_eq!(log.recovery_report().batches_verified, 0);
+    assert_eq!(log.recovery_report().bytes_truncated, 0);
+    assert_eq!(log.log_end_offset(), 30);
+    assert_eq!(read_first_batch(&log, 29), stored[9].bytes);
+}
+
+#[test]
+fn reopen_without_flush_scans_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(2_000, 100)).unwrap();
+    let stored: Vec<StoredBatch> = (0..50)
+        .map(|i| append_stored(&mut log, &batch(2, 40, i), 0))
+        .collect();
+    drop(log);
+    let log = Log::open(dir.path(), config(2_000, 100)).unwrap();
+    assert_eq!(log.recovery_report().batches_verified, 50);
+    assert_eq!(log.recovery_point(), 100);
+    assert_every_offset_reads_back(&log, &stored);
+}
+
+#[test]
+fn appends_continue_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stored = Vec::new();
+    for round in 0..3 {
+        let mut log = Log::open(dir.path(), config(1_000, 0)).unwrap();
+        for i in 0..10 {
+            stored.push(append_stored(
+                &mut log,
+                &batch(1 + i % 3, 50, round * 100 + i as i64),
+                0,
+            ));
+        }
+        if round == 1 {
+            log.flush().unwrap();
+        }
+        assert_every_offset_reads_back(&log, &stored);
+    }
+}
+
+#[test]
+fn delete_removes_the_partition_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let partition_dir = dir.path().join("topic-0");
+    let mut log = Log::open(&partition_dir, LogConfig::default()).unwrap();
+    append_stored(&mut log, &batch(1, 1, 0), 0);
+    log.delete().unwrap();
+    assert!(!partition_dir.exists());
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn batches_strategy() -> impl Strategy<Value = Vec<(usize, usize)>> {
+        prop::collection::vec((1usize..6, 0usize..300), 1..40)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn every_offset_reads_back_after_reopen(
+            shapes in batches_strategy(),
+            segment_bytes in 100u64..3_000,
+            index_interval_bytes in 0u32..1_000,
+            flush in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let log_config = config(segment_bytes, index_interval_bytes);
+            let mut log = Log::open(dir.path(), log_config.clone()).unwrap();
+            let stored: Vec<StoredBatch> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(records, value_bytes))| append_stored(&mut log, &batch(records, value_bytes, i as i64), 0))
+                .collect();
+            assert_every_offset_reads_back(&log, &stored);
+            if flush {
+                log.flush().unwrap();
+            }
+            drop(log);
+            let log = Log::open(dir.path(), log_config).unwrap();
+            assert_every_offset_reads_back(&log, &stored);
+        }
+
+        #[test]
+        fn truncating_the_last_segment_anywhere_leaves_a_prefix(
+            shapes in batches_strategy(),
+            segment_bytes in 100u64..3_000,
+            cut_fraction in 0.0f64..1.0,
+            flush in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let log_config = config(segment_bytes, 200);
+            let mut log = Log::open(dir.path(), log_config.clone()).unwrap();
+            let stored: Vec<StoredBatch> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(records, value_bytes))| append_stored(&mut log, &batch(records, value_bytes, i as i64), 0))
+                .collect();
+            if flush {
+                log.flush().unwrap();
+            }
+            drop(log);
+            let last = segment_log_files(dir.path()).pop().unwrap();
+            let len = fs::metadata(&last).unwrap().len();
+            let cut = (len as f64 * cut_fraction) as u64;
+            fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(cut).unwrap();
+            let log = Log::open(dir.path(), log_config).unwrap();
+            let kept = stored.iter().take_while(|b| b.last_offset < log.log_end_offset()).count();
+            prop_assert_eq!(stored.get(kept).map_or(log.log_end_offset(), |b| b.base_offset), log.log_end_offset());
+            assert_every_offset_reads_back(&log, &stored[..kept]);
+        }
+    }
+}
