@@ -25,7 +25,7 @@ impl OffsetIndex {
     /// multiple of the entry size, entries not strictly increasing, or a position at or past
     /// `log_size_bytes`.
     pub fn from_bytes(bytes: &[u8], log_size_bytes: u64) -> Result<OffsetIndex, String> {
-        if bytes.len() % OFFSET_INDEX_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_INDEX_ENTRY_BYTES) {
             return Err(format!(
                 "size {} is not a multiple of {OFFSET_INDEX_ENTRY_BYTES}",
                 bytes.len()

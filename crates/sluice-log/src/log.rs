@@ -20,7 +20,9 @@ use crate::LogError;
 pub struct LogConfig {
     /// Roll when the active segment would exceed this (`segment.bytes`).
     pub segment_bytes: u64,
-    /// Roll when the active segment's first append is older than this (`segment.ms`).
+    /// Roll when the active segment's first append is older than this (`segment.ms`). The
+    /// age counts from the first append this process made to the segment (`now_ms` given to
+    /// `append`), so a segment reopened after a restart starts a new period.
     pub segment_ms: i64,
     /// Bytes of log between offset index entries (`index.interval.bytes`).
     pub index_interval_bytes: u32,

@@ -24,7 +24,7 @@ pub struct TimeIndex {
 impl TimeIndex {
     /// Parses time index file bytes; returns a reason when it must be rebuilt.
     pub fn from_bytes(bytes: &[u8]) -> Result<TimeIndex, String> {
-        if bytes.len() % TIME_INDEX_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(TIME_INDEX_ENTRY_BYTES) {
             return Err(format!(
                 "size {} is not a multiple of {TIME_INDEX_ENTRY_BYTES}",
                 bytes.len()

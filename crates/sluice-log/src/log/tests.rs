@@ -25,6 +25,14 @@ fn segment_log_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn log_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Log>();
+    assert_send_sync::<ReadSlice>();
+    assert_send_sync::<SyncTarget>();
+}
+
+#[test]
 fn append_then_read_round_trips_bytes_except_offset_and_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
@@ -286,6 +294,8 @@ fn find_offset_by_timestamp_uses_time_indexes_across_segments() {
     assert_eq!(log.max_timestamp().unwrap().timestamp, 2995);
 }
 
+type ErrorCheck = fn(&LogError) -> bool;
+
 #[test]
 fn invalid_appends_are_rejected_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -307,7 +317,7 @@ fn invalid_appends_are_rejected_and_nothing_is_written() {
     lying_length[8..12].copy_from_slice(&(i32::MAX).to_be_bytes());
     let mut two = good.clone();
     two.extend_from_slice(&good);
-    let cases: Vec<(Vec<u8>, fn(&LogError) -> bool)> = vec![
+    let cases: Vec<(Vec<u8>, ErrorCheck)> = vec![
         (bad_crc, |e| matches!(e, LogError::CorruptBatch(_))),
         (bad_magic, |e| matches!(e, LogError::InvalidBatch(_))),
         (batch(1, 600, 0), |e| {

@@ -143,9 +143,11 @@ fn a_segment_that_does_not_follow_its_predecessor_is_dropped() {
     assert_every_offset_reads_back(&log, &stored);
 }
 
+type Corruption = Box<dyn Fn(&Path)>;
+
 #[test]
 fn missing_or_corrupt_indexes_are_rebuilt() {
-    let corruptions: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let corruptions: Vec<(&str, Corruption)> = vec![
         (
             "missing",
             Box::new(|path: &Path| fs::remove_file(path).unwrap()),
