@@ -1,0 +1,131 @@
+//! CreateTopics (key 19).
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::describe_configs::topic_config_entries;
+use super::{ApiError, RequestContext};
+use crate::replica_manager::{NewTopic, TopicError};
+
+pub fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Result<Bytes, ApiError> {
+    let broker = &ctx.broker;
+    let config = broker.config();
+    let mut seen = std::collections::HashSet::new();
+    let duplicates: std::collections::HashSet<String> = request
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(t.name.as_str().to_string()))
+        .map(|t| t.name.as_str().to_string())
+        .collect();
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.as_str();
+        let result = CreatableTopicResult::default().with_name(topic.name.clone());
+        if duplicates.contains(name) {
+            results.push(
+                result
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(StrBytes::from_string(format!(
+                        "topic '{name}' appears more than once in the request"
+                    )))),
+            );
+            continue;
+        }
+        let outcome = if !topic.assignments.is_empty() {
+            validate_assignments(ctx, topic).map(|partitions| (partitions, 1))
+        } else {
+            Ok((
+                if topic.num_partitions == -1 {
+                    config.num_partitions()
+                } else {
+                    topic.num_partitions
+                },
+                if topic.replication_factor == -1 {
+                    config.default_replication_factor()
+                } else {
+                    topic.replication_factor
+                },
+            ))
+        };
+        let outcome = outcome.and_then(|(partitions, replication_factor)| {
+            let configs = topic
+                .configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_deref().unwrap_or("")))
+                .collect();
+            let new = NewTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+            };
+            broker.replicas.create_topic(&new, request.validate_only)
+        });
+        results.push(match outcome {
+            Ok(record) => {
+                let configs = topic_config_entries(config, &record.configs, None)
+                    .into_iter()
+                    .map(|entry| {
+                        CreatableTopicConfigs::default()
+                            .with_name(StrBytes::from_string(entry.name.to_string()))
+                            .with_value(Some(StrBytes::from_string(entry.value)))
+                            .with_config_source(entry.source)
+                    })
+                    .collect();
+                let result = result
+                    .with_topic_id(record.id)
+                    .with_num_partitions(record.partitions)
+                    .with_replication_factor(record.replication_factor);
+                if ctx.version() >= 5 {
+                    result.with_configs(Some(configs))
+                } else {
+                    result
+                }
+            }
+            Err(error) => result
+                .with_error_code(error.code())
+                .with_error_message(Some(StrBytes::from_string(error.to_string())))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1),
+        });
+    }
+    let response = CreateTopicsResponse::default().with_topics(results);
+    ctx.respond(&response)
+}
+
+/// Manual replica assignments must name partitions 0..n in order, each on this node only.
+fn validate_assignments(
+    ctx: &RequestContext,
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<i32, TopicError> {
+    if topic.num_partitions != -1 || topic.replication_factor != -1 {
+        return Err(TopicError::InvalidRequest(
+            "with manual assignments, numPartitions and replicationFactor must be -1".to_string(),
+        ));
+    }
+    let node = ctx.broker.node_id();
+    for (expected, assignment) in topic.assignments.iter().enumerate() {
+        if usize::try_from(assignment.partition_index).ok() != Some(expected) {
+            return Err(TopicError::InvalidPartitions(
+                "partitions of a manual assignment must be numbered 0..n".to_string(),
+            ));
+        }
+        if assignment.broker_ids.iter().any(|id| id.0 != node) || assignment.broker_ids.is_empty() {
+            return Err(TopicError::InvalidReplicationFactor(format!(
+                "partition {expected} is assigned to brokers other than {node}"
+            )));
+        }
+        if assignment.broker_ids.len() != 1 {
+            return Err(TopicError::InvalidReplicationFactor(
+                "replication factor larger than the 1 available broker".to_string(),
+            ));
+        }
+    }
+    i32::try_from(topic.assignments.len())
+        .map_err(|_| TopicError::InvalidPartitions("too many partitions".to_string()))
+}

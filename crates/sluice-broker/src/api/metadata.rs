@@ -1,0 +1,119 @@
+//! Metadata (key 3): brokers, topics and partition leaders; creates unknown topics when
+//! `auto.create.topics.enable` is on and the client allows it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::{ApiError, RequestContext};
+use crate::broker::Broker;
+use crate::partition::SINGLE_NODE_LEADER_EPOCH;
+use crate::replica_manager::{NewTopic, TopicError, TopicState};
+
+pub fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+pub fn handle(ctx: &RequestContext, request: MetadataRequest) -> Result<Bytes, ApiError> {
+    let broker = &ctx.broker;
+    let version = ctx.version();
+    let (host, port) = broker.config().advertised();
+    let brokers = vec![MetadataResponseBroker::default()
+        .with_node_id(BrokerId(broker.node_id()))
+        .with_host(StrBytes::from_string(host))
+        .with_port(i32::from(port))];
+    // v0: an empty list means every topic; v1+: null means every topic.
+    let wanted = match request.topics {
+        None => None,
+        Some(topics) if topics.is_empty() && version == 0 => None,
+        Some(topics) => Some(topics),
+    };
+    let allow_auto_create = version < 4 || request.allow_auto_topic_creation;
+    let topics = match wanted {
+        None => broker
+            .replicas
+            .all_topics()
+            .iter()
+            .map(|topic| describe_topic(broker, topic))
+            .collect(),
+        Some(requested) => requested
+            .iter()
+            .map(|wanted| match &wanted.name {
+                Some(name) => lookup_or_create(broker, name.as_str(), allow_auto_create),
+                None => match broker.replicas.topic_by_id(wanted.topic_id) {
+                    Some(topic) => describe_topic(broker, &topic),
+                    None => MetadataResponseTopic::default()
+                        .with_topic_id(wanted.topic_id)
+                        .with_error_code(ResponseError::UnknownTopicId.code()),
+                },
+            })
+            .collect(),
+    };
+    let response = MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id().to_string())))
+        .with_controller_id(BrokerId(broker.node_id()))
+        .with_topics(topics);
+    ctx.respond(&response)
+}
+
+fn lookup_or_create(
+    broker: &Arc<Broker>,
+    name: &str,
+    allow_auto_create: bool,
+) -> MetadataResponseTopic {
+    if let Some(topic) = broker.replicas.topic(name) {
+        return describe_topic(broker, &topic);
+    }
+    let error_topic = |code: i16| {
+        MetadataResponseTopic::default()
+            .with_name(Some(topic_name(name)))
+            .with_error_code(code)
+    };
+    if !(allow_auto_create && broker.config().auto_create_topics_enable()) {
+        return error_topic(ResponseError::UnknownTopicOrPartition.code());
+    }
+    let new = NewTopic {
+        name,
+        partitions: broker.config().num_partitions(),
+        replication_factor: broker.config().default_replication_factor(),
+        configs: Vec::new(),
+    };
+    match broker.replicas.create_topic(&new, false) {
+        Ok(_) | Err(TopicError::AlreadyExists(_)) => match broker.replicas.topic(name) {
+            Some(topic) => describe_topic(broker, &topic),
+            None => error_topic(ResponseError::UnknownTopicOrPartition.code()),
+        },
+        Err(error) => {
+            tracing::info!(topic = name, %error, "auto topic creation refused");
+            error_topic(error.code())
+        }
+    }
+}
+
+fn describe_topic(broker: &Arc<Broker>, topic: &TopicState) -> MetadataResponseTopic {
+    let node = BrokerId(broker.node_id());
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|partition| {
+            MetadataResponsePartition::default()
+                .with_partition_index(partition.index)
+                .with_leader_id(node)
+                .with_leader_epoch(SINGLE_NODE_LEADER_EPOCH)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&topic.record.name)))
+        .with_topic_id(topic.record.id)
+        .with_is_internal(false)
+        .with_partitions(partitions)
+}

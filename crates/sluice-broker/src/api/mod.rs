@@ -1,0 +1,167 @@
+//! One module per Kafka API: `handle(request) -> response`.
+//!
+//! [`SUPPORTED_APIS`] is the single list of what this broker implements; ApiVersions
+//! advertises exactly it and the listener refuses anything outside it.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::broker::Broker;
+use crate::server::Dispatched;
+
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+/// Every API this broker implements, with the version range that is implemented and
+/// tested end to end.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
+    SUPPORTED_APIS
+        .iter()
+        .any(|(key, min, max)| *key == api_key && (*min..=*max).contains(&version))
+}
+
+/// Why a request could not be answered; either closes the connection.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The client sent bytes that are not a valid request of that version.
+    Decode(String),
+    /// A response could not be encoded: a bug of ours, logged as an error.
+    Encode(String),
+    /// The protocol says to close the connection (an acks=0 produce that failed).
+    Close(String),
+}
+
+/// The request being handled: its header and version.
+pub struct RequestContext {
+    pub broker: Arc<Broker>,
+    pub header: RequestHeader,
+    pub api_key: ApiKey,
+}
+
+impl RequestContext {
+    pub fn version(&self) -> i16 {
+        self.header.request_api_version
+    }
+
+    /// Encodes a complete response frame: size prefix, response header, body.
+    pub fn respond<R: Encodable>(&self, body: &R) -> Result<Bytes, ApiError> {
+        encode_frame(
+            self.api_key,
+            self.version(),
+            self.header.correlation_id,
+            body,
+        )
+    }
+}
+
+pub fn encode_frame<R: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Result<Bytes, ApiError> {
+    let header_version = api_key.response_header_version(version);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let encode_error = |e: anyhow::Error| ApiError::Encode(format!("{api_key:?} v{version}: {e}"));
+    let size = header.compute_size(header_version).map_err(encode_error)?
+        + body.compute_size(version).map_err(encode_error)?;
+    let size_prefix =
+        i32::try_from(size).map_err(|_| ApiError::Encode(format!("response of {size} bytes")))?;
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.put_i32(size_prefix);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(encode_error)?;
+    body.encode(&mut buf, version).map_err(encode_error)?;
+    debug_assert_eq!(buf.len(), 4 + size, "computed size disagrees with encoding");
+    Ok(buf.freeze())
+}
+
+fn decode<R: Decodable>(body: &mut Bytes, api_key: ApiKey, version: i16) -> Result<R, ApiError> {
+    R::decode(body, version).map_err(|e| ApiError::Decode(format!("{api_key:?}: {e}")))
+}
+
+/// Decodes the request body and runs its handler.
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    api_key: ApiKey,
+    header: RequestHeader,
+    mut body: Bytes,
+) -> Result<Dispatched, ApiError> {
+    let version = header.request_api_version;
+    let ctx = RequestContext {
+        broker: Arc::clone(broker),
+        header,
+        api_key,
+    };
+    let now = |frame: Bytes| Ok(Dispatched::Now(Some(frame)));
+    match api_key {
+        ApiKey::ApiVersions => now(api_versions::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::Metadata => now(metadata::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::CreateTopics => now(create_topics::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::DeleteTopics => now(delete_topics::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::CreatePartitions => now(create_partitions::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::DescribeConfigs => now(describe_configs::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::DescribeCluster => now(describe_cluster::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::ListOffsets => now(list_offsets::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::Produce => produce::handle(ctx, decode(&mut body, api_key, version)?),
+        ApiKey::Fetch => Ok(fetch::handle(ctx, decode(&mut body, api_key, version)?)),
+        other => Err(ApiError::Decode(format!("{other:?} is not implemented"))),
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

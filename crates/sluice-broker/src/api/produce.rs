@@ -1,0 +1,188 @@
+//! Produce (key 0): append record batches; answer per `acks`.
+//!
+//! acks=0 gets no response (an error closes the connection, as Kafka does, so the
+//! client notices); acks=1 is answered once the batch is in the log (page cache);
+//! acks=all is answered once the batch is on disk: the append happens now, in request
+//! order, and the wait for the group-commit fsync is the part handed to the writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sluice_log::LogError;
+
+use super::{now_ms, ApiError, RequestContext};
+use crate::partition::Partition;
+use crate::server::Dispatched;
+
+/// Single-node ISR size: the leader alone.
+const ISR_SIZE: i32 = 1;
+
+/// Maps a storage error to the Kafka error code a producer understands.
+pub fn log_error_code(error: &LogError) -> i16 {
+    match error {
+        LogError::CorruptBatch(_) => ResponseError::CorruptMessage.code(),
+        LogError::InvalidBatch(_) => ResponseError::InvalidRecord.code(),
+        LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge.code(),
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
+        LogError::Io(_) => ResponseError::KafkaStorageError.code(),
+    }
+}
+
+/// A partition's answer, and the partition to wait on for acks=all.
+struct PartitionOutcome {
+    response: PartitionProduceResponse,
+    durable_at: Option<(Arc<Partition>, i64)>,
+}
+
+fn error_outcome(index: i32, code: i16, message: String) -> PartitionOutcome {
+    PartitionOutcome {
+        response: PartitionProduceResponse::default()
+            .with_index(index)
+            .with_error_code(code)
+            .with_base_offset(-1)
+            .with_error_message(Some(StrBytes::from_string(message))),
+        durable_at: None,
+    }
+}
+
+pub fn handle(ctx: RequestContext, request: ProduceRequest) -> Result<Dispatched, ApiError> {
+    let acks = request.acks;
+    let refusal = if request.transactional_id.is_some() {
+        Some((
+            ResponseError::InvalidRequest.code(),
+            "transactional produce is not supported yet".to_string(),
+        ))
+    } else if !matches!(acks, -1..=1) {
+        Some((
+            ResponseError::InvalidRequiredAcks.code(),
+            format!("acks must be -1, 0 or 1, got {acks}"),
+        ))
+    } else {
+        None
+    };
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    let mut failed = false;
+    for topic_data in request.topic_data {
+        let name = topic_data.name.as_str();
+        let topic = ctx.broker.replicas.topic(name);
+        let mut outcomes = Vec::with_capacity(topic_data.partition_data.len());
+        for data in topic_data.partition_data {
+            let partition = topic
+                .as_ref()
+                .and_then(|t| t.partition(data.index))
+                .cloned();
+            let outcome = match (&refusal, partition) {
+                (Some((code, message)), _) => error_outcome(data.index, *code, message.clone()),
+                (None, None) => error_outcome(
+                    data.index,
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    format!("unknown topic-partition {name}-{}", data.index),
+                ),
+                (None, Some(partition)) => append(&partition, data.records, acks, ctx.version()),
+            };
+            failed |= outcome.response.error_code != 0;
+            outcomes.push(outcome);
+        }
+        topics.push((topic_data.name, outcomes));
+    }
+    if acks == 0 {
+        if failed {
+            return Err(ApiError::Close(
+                "acks=0 produce failed; closing so the client notices".to_string(),
+            ));
+        }
+        return Ok(Dispatched::Now(None));
+    }
+    if acks == 1 {
+        let response = build_response(topics);
+        return Ok(Dispatched::Now(Some(ctx.respond(&response)?)));
+    }
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms.max(0)).unwrap_or(0));
+    let deadline = tokio::time::Instant::now() + timeout;
+    Ok(Dispatched::Later(Box::pin(async move {
+        for (_, outcomes) in &mut topics {
+            for outcome in outcomes.iter_mut() {
+                if let Some((partition, offset_end)) = outcome.durable_at.take() {
+                    if !partition.wait_synced(offset_end, deadline).await {
+                        outcome.response.error_code = ResponseError::RequestTimedOut.code();
+                        outcome.response.error_message = Some(StrBytes::from_static_str(
+                            "the batch was not on disk within the request timeout",
+                        ));
+                    }
+                }
+            }
+        }
+        let response = build_response(topics);
+        ctx.respond(&response).map(Some)
+    })))
+}
+
+fn append(
+    partition: &Arc<Partition>,
+    records: Option<Bytes>,
+    acks: i16,
+    version: i16,
+) -> PartitionOutcome {
+    let index = partition.index;
+    let Some(records) = records else {
+        return error_outcome(
+            index,
+            ResponseError::InvalidRecord.code(),
+            "no records".to_string(),
+        );
+    };
+    if acks == -1 && partition.settings().min_insync_replicas > ISR_SIZE {
+        return error_outcome(
+            index,
+            ResponseError::NotEnoughReplicas.code(),
+            format!(
+                "min.insync.replicas is {} but the in-sync replica set has {ISR_SIZE}",
+                partition.settings().min_insync_replicas
+            ),
+        );
+    }
+    // The log rewrites the base offset in place; the request buffer is shared, so copy.
+    let mut batch = records.to_vec();
+    match partition.append(&mut batch, now_ms()) {
+        Ok(info) => {
+            if acks == -1 {
+                partition.request_sync();
+            }
+            let mut response = PartitionProduceResponse::default()
+                .with_index(index)
+                .with_base_offset(info.base_offset)
+                .with_log_append_time_ms(-1);
+            if version >= 5 {
+                response = response.with_log_start_offset(partition.log_start_offset());
+            }
+            PartitionOutcome {
+                response,
+                durable_at: (acks == -1).then(|| (Arc::clone(partition), info.last_offset + 1)),
+            }
+        }
+        Err(error) => {
+            tracing::info!(topic = %partition.topic, partition = index, %error, "produce rejected");
+            error_outcome(index, log_error_code(&error), error.to_string())
+        }
+    }
+}
+
+fn build_response(
+    topics: Vec<(kafka_protocol::messages::TopicName, Vec<PartitionOutcome>)>,
+) -> ProduceResponse {
+    ProduceResponse::default().with_responses(
+        topics
+            .into_iter()
+            .map(|(name, outcomes)| {
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(outcomes.into_iter().map(|o| o.response).collect())
+            })
+            .collect(),
+    )
+}

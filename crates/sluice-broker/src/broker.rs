@@ -1,0 +1,95 @@
+//! The broker process: shared state behind one handle, start-up and graceful shutdown.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::BrokerConfig;
+use crate::replica_manager::{ReplicaManager, TopicError};
+use crate::server;
+
+/// State shared by every connection.
+pub struct Broker {
+    config: BrokerConfig,
+    cluster_id: String,
+    pub replicas: Arc<ReplicaManager>,
+}
+
+impl Broker {
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id()
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the data directory: {0}")]
+    Storage(#[from] TopicError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// A started broker: its bound address and the handle that stops it.
+pub struct RunningBroker {
+    pub local_addr: std::net::SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningBroker {
+    /// Stops accepting, lets in-flight requests finish, flushes every partition.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the data directory (recovering every log), binds the listener and serves.
+pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
+    let replicas = tokio::task::block_in_place(|| ReplicaManager::open(config.clone()))?;
+    let (host, port) = config.listen();
+    let address = format!("{host}:{port}");
+    let listener = TcpListener::bind(&address)
+        .await
+        .map_err(|source| StartError::Listen {
+            address: address.clone(),
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        address: address.clone(),
+        source,
+    })?;
+    let broker = Arc::new(Broker {
+        cluster_id: replicas.cluster_id(),
+        config,
+        replicas: Arc::clone(&replicas),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let checkpointer = tokio::spawn(Arc::clone(&replicas).run_checkpointer(shutdown_rx.clone()));
+    let node_id = replicas.config().node_id();
+    let task = tokio::spawn(async move {
+        server::run_listener(listener, broker, shutdown_rx).await;
+        let _ = checkpointer.await;
+        let flushing = Arc::clone(&replicas);
+        let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
+        tracing::info!("broker stopped; every partition flushed");
+    });
+    tracing::info!(%local_addr, node_id, "broker listening");
+    Ok(RunningBroker {
+        local_addr,
+        shutdown,
+        task,
+    })
+}

@@ -1,0 +1,535 @@
+//! Broker configuration under Kafka's own setting names.
+//!
+//! Every setting is declared once in [`BROKER_SETTINGS`] with its type, default and
+//! documentation. Values arrive as strings from the config file, the environment, flags
+//! and `--set`; [`BrokerConfig::from_pairs`] validates each one and rejects unknown keys,
+//! naming the key, so a typo fails at start-up instead of being silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A configuration error: always names the key at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown setting `{key}`")]
+    UnknownKey { key: String },
+    #[error("invalid value `{value}` for `{key}`: {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The type of a setting and the bounds its value must respect.
+#[derive(Debug, Clone, Copy)]
+pub enum SettingKind {
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Bool,
+    /// `host:port`, optionally prefixed by `PLAINTEXT://`.
+    HostPort,
+    Path,
+    /// One of a fixed list of words.
+    Choice(&'static [&'static str]),
+}
+
+/// One broker setting: Kafka's name, aliases accepted on input, default and documentation.
+#[derive(Debug)]
+pub struct SettingDef {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub default: &'static str,
+    pub kind: SettingKind,
+    pub doc: &'static str,
+}
+
+const I32_MAX: i64 = i32::MAX as i64;
+
+/// Every broker setting Sluice understands. Names are Kafka's.
+pub static BROKER_SETTINGS: &[SettingDef] = &[
+    SettingDef {
+        name: "node.id",
+        aliases: &["broker.id", "node-id"],
+        default: "1",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "The id of this node in the cluster.",
+    },
+    SettingDef {
+        name: "listeners",
+        aliases: &["listen"],
+        default: "127.0.0.1:9092",
+        kind: SettingKind::HostPort,
+        doc: "Address the Kafka listener binds, host:port.",
+    },
+    SettingDef {
+        name: "advertised.listeners",
+        aliases: &["advertise"],
+        default: "",
+        kind: SettingKind::HostPort,
+        doc: "Address given to clients in Metadata; defaults to the listener, with 127.0.0.1 for a wildcard host.",
+    },
+    SettingDef {
+        name: "log.dirs",
+        aliases: &["log.dir", "data.dir", "data-dir"],
+        default: "./sluice-data",
+        kind: SettingKind::Path,
+        doc: "Directory holding the partition logs and the metadata of this node.",
+    },
+    SettingDef {
+        name: "num.partitions",
+        aliases: &[],
+        default: "1",
+        kind: SettingKind::Int { min: 1, max: 100_000 },
+        doc: "Default partition count of created and auto-created topics.",
+    },
+    SettingDef {
+        name: "default.replication.factor",
+        aliases: &[],
+        default: "1",
+        kind: SettingKind::Int { min: 1, max: i16::MAX as i64 },
+        doc: "Default replication factor of created and auto-created topics.",
+    },
+    SettingDef {
+        name: "auto.create.topics.enable",
+        aliases: &[],
+        default: "true",
+        kind: SettingKind::Bool,
+        doc: "Create a topic when a client asks Metadata for one that does not exist.",
+    },
+    SettingDef {
+        name: "log.segment.bytes",
+        aliases: &[],
+        default: "1073741824",
+        kind: SettingKind::Int { min: 14, max: I32_MAX },
+        doc: "Maximum size of one segment file before a new one is rolled.",
+    },
+    SettingDef {
+        name: "log.roll.ms",
+        aliases: &[],
+        default: "604800000",
+        kind: SettingKind::Int { min: 1, max: i64::MAX },
+        doc: "Maximum age of the active segment before a new one is rolled.",
+    },
+    SettingDef {
+        name: "log.index.interval.bytes",
+        aliases: &[],
+        default: "4096",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "Bytes of log between two entries of the sparse offset index.",
+    },
+    SettingDef {
+        name: "log.flush.interval.messages",
+        aliases: &[],
+        default: "9223372036854775807",
+        kind: SettingKind::Int { min: 1, max: i64::MAX },
+        doc: "Fsync a partition once this many records are not yet on disk (acks=all always waits for fsync).",
+    },
+    SettingDef {
+        name: "log.flush.interval.ms",
+        aliases: &[],
+        default: "1000",
+        kind: SettingKind::Int { min: 1, max: i64::MAX },
+        doc: "Fsync a partition at least this often while it has unsynced records (acks=all always waits for fsync).",
+    },
+    SettingDef {
+        name: "log.flush.offset.checkpoint.interval.ms",
+        aliases: &[],
+        default: "60000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "How often the recovery point of each partition is checkpointed; recovery scans only what follows it.",
+    },
+    SettingDef {
+        name: "message.max.bytes",
+        aliases: &[],
+        default: "1048588",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "Largest record batch accepted (topic override: max.message.bytes).",
+    },
+    SettingDef {
+        name: "socket.request.max.bytes",
+        aliases: &[],
+        default: "104857600",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Largest request frame accepted; a larger size prefix closes the connection.",
+    },
+    SettingDef {
+        name: "fetch.max.bytes",
+        aliases: &[],
+        default: "57671680",
+        kind: SettingKind::Int { min: 1024, max: I32_MAX },
+        doc: "Upper bound on the bytes of one Fetch response, whatever the client asks.",
+    },
+    SettingDef {
+        name: "min.insync.replicas",
+        aliases: &[],
+        default: "1",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Replicas that must be in sync for an acks=all produce to succeed.",
+    },
+    SettingDef {
+        name: "log.cleanup.policy",
+        aliases: &[],
+        default: "delete",
+        kind: SettingKind::Choice(&["delete"]),
+        doc: "Cleanup policy of topics; compaction is not implemented yet, so only delete.",
+    },
+    SettingDef {
+        name: "queued.max.requests",
+        aliases: &[],
+        default: "500",
+        kind: SettingKind::Int { min: 1, max: 1_000_000 },
+        doc: "Requests of one connection that may be in progress at once (pipelining depth).",
+    },
+];
+
+/// Looks up a setting by its name or one of its aliases.
+pub fn broker_setting(key: &str) -> Option<&'static SettingDef> {
+    BROKER_SETTINGS
+        .iter()
+        .find(|def| def.name == key || def.aliases.contains(&key))
+}
+
+/// Checks a value against a setting's kind; returns the normalised value.
+pub fn validate_value(def: &SettingDef, key: &str, value: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: String| ConfigError::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    let value = value.trim();
+    match def.kind {
+        SettingKind::Int { min, max } => {
+            let parsed: i64 = value
+                .parse()
+                .map_err(|_| invalid("expected an integer".to_string()))?;
+            if parsed < min || parsed > max {
+                return Err(invalid(format!("must be between {min} and {max}")));
+            }
+            Ok(parsed.to_string())
+        }
+        SettingKind::Bool => match value.to_ascii_lowercase().as_str() {
+            "true" => Ok("true".to_string()),
+            "false" => Ok("false".to_string()),
+            _ => Err(invalid("expected true or false".to_string())),
+        },
+        SettingKind::HostPort => {
+            if value.is_empty() && def.default.is_empty() {
+                return Ok(String::new());
+            }
+            parse_host_port(value).map_err(invalid)?;
+            Ok(value.to_string())
+        }
+        SettingKind::Path => {
+            if value.is_empty() {
+                return Err(invalid("expected a path".to_string()));
+            }
+            Ok(value.to_string())
+        }
+        SettingKind::Choice(choices) => {
+            if choices.contains(&value) {
+                Ok(value.to_string())
+            } else {
+                Err(invalid(format!("expected one of {}", choices.join(", "))))
+            }
+        }
+    }
+}
+
+/// Parses `host:port` or `PLAINTEXT://host:port` (IPv6 hosts in brackets).
+pub fn parse_host_port(value: &str) -> Result<(String, u16), String> {
+    let value = value.strip_prefix("PLAINTEXT://").unwrap_or(value);
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| "expected host:port".to_string())?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_string(), port))
+}
+
+/// The validated broker configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Values by canonical Kafka name; only keys that were set explicitly.
+    overrides: BTreeMap<&'static str, String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Builds a configuration from `(key, value)` pairs applied in order (later wins).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<BrokerConfig, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut config = BrokerConfig::default();
+        for (key, value) in pairs {
+            config.set(key.as_ref(), value.as_ref())?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one value after validating it.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let def = broker_setting(key).ok_or_else(|| ConfigError::UnknownKey {
+            key: key.to_string(),
+        })?;
+        let normalised = validate_value(def, key, value)?;
+        self.overrides.insert(def.name, normalised);
+        Ok(())
+    }
+
+    /// The value of a setting (explicit or default) as a string.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        let def = broker_setting(name)?;
+        Some(
+            self.overrides
+                .get(def.name)
+                .map(String::as_str)
+                .unwrap_or(def.default),
+        )
+    }
+
+    /// Whether a setting was set explicitly.
+    pub fn is_default(&self, name: &str) -> bool {
+        broker_setting(name).is_none_or(|def| !self.overrides.contains_key(def.name))
+    }
+
+    fn int(&self, name: &str) -> i64 {
+        // Values are validated on the way in and defaults are valid integers, which the
+        // unit test `defaults_are_valid` checks; 0 is only a fallback for a misspelt name.
+        let value = self.value(name).unwrap_or("0");
+        debug_assert!(
+            value.parse::<i64>().is_ok(),
+            "setting {name} is not an integer"
+        );
+        value.parse().unwrap_or(0)
+    }
+
+    fn usize_value(&self, name: &str) -> usize {
+        usize::try_from(self.int(name)).unwrap_or(usize::MAX)
+    }
+
+    pub fn node_id(&self) -> i32 {
+        i32::try_from(self.int("node.id")).unwrap_or(1)
+    }
+
+    /// The listener address `host:port`.
+    pub fn listen(&self) -> (String, u16) {
+        let value = self.value("listeners").unwrap_or("127.0.0.1:9092");
+        parse_host_port(value).unwrap_or(("127.0.0.1".to_string(), 9092))
+    }
+
+    /// The address given to clients: explicit, else the listener with a wildcard host
+    /// replaced by 127.0.0.1 (never `localhost`, which some clients resolve to IPv6 first).
+    pub fn advertised(&self) -> (String, u16) {
+        let explicit = self.value("advertised.listeners").unwrap_or("");
+        if let Ok(pair) = parse_host_port(explicit) {
+            return pair;
+        }
+        let (host, port) = self.listen();
+        let host = match host.as_str() {
+            "" | "0.0.0.0" | "::" | "localhost" => "127.0.0.1".to_string(),
+            _ => host,
+        };
+        (host, port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.value("log.dirs").unwrap_or("./sluice-data"))
+    }
+
+    pub fn num_partitions(&self) -> i32 {
+        i32::try_from(self.int("num.partitions")).unwrap_or(1)
+    }
+
+    pub fn default_replication_factor(&self) -> i16 {
+        i16::try_from(self.int("default.replication.factor")).unwrap_or(1)
+    }
+
+    pub fn auto_create_topics_enable(&self) -> bool {
+        self.value("auto.create.topics.enable") == Some("true")
+    }
+
+    pub fn socket_request_max_bytes(&self) -> usize {
+        self.usize_value("socket.request.max.bytes")
+    }
+
+    pub fn fetch_max_bytes(&self) -> usize {
+        self.usize_value("fetch.max.bytes")
+    }
+
+    pub fn log_flush_interval_messages(&self) -> i64 {
+        self.int("log.flush.interval.messages")
+    }
+
+    pub fn log_flush_interval_ms(&self) -> u64 {
+        u64::try_from(self.int("log.flush.interval.ms")).unwrap_or(1000)
+    }
+
+    pub fn checkpoint_interval_ms(&self) -> u64 {
+        u64::try_from(self.int("log.flush.offset.checkpoint.interval.ms")).unwrap_or(60_000)
+    }
+
+    pub fn queued_max_requests(&self) -> usize {
+        self.usize_value("queued.max.requests")
+    }
+
+    /// Every setting with its current value and whether it is the default.
+    pub fn describe(&self) -> impl Iterator<Item = (&'static SettingDef, &str, bool)> {
+        BROKER_SETTINGS.iter().map(|def| {
+            let explicit = self.overrides.get(def.name);
+            (
+                def,
+                explicit.map(String::as_str).unwrap_or(def.default),
+                explicit.is_none(),
+            )
+        })
+    }
+}
+
+/// Flattens a TOML document into dotted keys: `num.partitions = 3` (a nested table in
+/// TOML's grammar) and `"num.partitions" = 3` both give `num.partitions`.
+pub fn flatten_toml(text: &str) -> Result<Vec<(String, String)>, String> {
+    let table: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+    let mut out = Vec::new();
+    flatten_into("", &toml::Value::Table(table), &mut out)?;
+    Ok(out)
+}
+
+fn flatten_into(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten_into(&name, value, out)?;
+            }
+        }
+        toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        toml::Value::Integer(i) => out.push((prefix.to_string(), i.to_string())),
+        toml::Value::Boolean(b) => out.push((prefix.to_string(), b.to_string())),
+        other => {
+            return Err(format!(
+                "setting `{prefix}` has an unsupported value type: {other}"
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Maps `SLUICE_NUM_PARTITIONS` to `num.partitions`; variables that are not settings
+/// (the log filter) return None.
+pub fn env_key(var: &str) -> Option<String> {
+    let rest = var.strip_prefix("SLUICE_")?;
+    if rest == "LOG" || rest == "BIN" || rest.is_empty() {
+        return None;
+    }
+    Some(rest.to_ascii_lowercase().replace('_', "."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        for def in BROKER_SETTINGS {
+            if def.default.is_empty() {
+                continue;
+            }
+            validate_value(def, def.name, def.default).expect(def.name);
+        }
+        let config = BrokerConfig::default();
+        assert_eq!(config.listen(), ("127.0.0.1".to_string(), 9092));
+        assert_eq!(config.advertised(), ("127.0.0.1".to_string(), 9092));
+        assert_eq!(config.node_id(), 1);
+        assert_eq!(config.data_dir(), PathBuf::from("./sluice-data"));
+        assert!(config.auto_create_topics_enable());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = BrokerConfig::from_pairs([("no.such.key", "1")]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::UnknownKey {
+                key: "no.such.key".into()
+            }
+        );
+        assert!(err.to_string().contains("no.such.key"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (key, value) in [
+            ("num.partitions", "abc"),
+            ("num.partitions", "0"),
+            ("auto.create.topics.enable", "yes"),
+            ("listeners", "nonsense"),
+            ("log.cleanup.policy", "compact"),
+        ] {
+            let err = BrokerConfig::from_pairs([(key, value)]).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn aliases_and_later_values_win() {
+        let config = BrokerConfig::from_pairs([
+            ("listen", "0.0.0.0:1234"),
+            ("data-dir", "/tmp/x"),
+            ("num.partitions", "3"),
+            ("num.partitions", "4"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen(), ("0.0.0.0".to_string(), 1234));
+        assert_eq!(config.advertised(), ("127.0.0.1".to_string(), 1234));
+        assert_eq!(config.data_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(config.num_partitions(), 4);
+        assert!(!config.is_default("num.partitions"));
+        assert!(config.is_default("message.max.bytes"));
+    }
+
+    #[test]
+    fn toml_keys_flatten_to_kafka_names() {
+        let pairs = flatten_toml(
+            "\"num.partitions\" = 5\nlog.segment.bytes = 1048576\n[auto.create.topics]\nenable = false\n",
+        )
+        .unwrap();
+        let config = BrokerConfig::from_pairs(pairs).unwrap();
+        assert_eq!(config.num_partitions(), 5);
+        assert_eq!(config.value("log.segment.bytes"), Some("1048576"));
+        assert!(!config.auto_create_topics_enable());
+    }
+
+    #[test]
+    fn env_names_map_to_kafka_names() {
+        assert_eq!(
+            env_key("SLUICE_NUM_PARTITIONS").as_deref(),
+            Some("num.partitions")
+        );
+        assert_eq!(env_key("SLUICE_DATA_DIR").as_deref(), Some("data.dir"));
+        assert_eq!(env_key("SLUICE_LOG"), None);
+        assert_eq!(env_key("PATH"), None);
+    }
+}

@@ -1,0 +1,14 @@
+//! The Sluice broker: Kafka protocol listener, request handlers and the partitions of
+//! this node. The only crate where the storage engine and the network meet.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod metadata_store;
+pub mod partition;
+pub mod replica_manager;
+pub mod server;
+pub mod topic_config;
+
+pub use broker::{start, Broker, RunningBroker, StartError};
+pub use config::{BrokerConfig, ConfigError};

@@ -1,0 +1,277 @@
+//! The cluster metadata of a single node: cluster id and topics with their partition
+//! counts, ids and configuration overrides.
+//!
+//! It is persisted as one JSON document, replaced atomically (temp file, fsync, rename,
+//! fsync directory) on every change, so a crash leaves either the old or the new image.
+//! Changes are made durable *before* partition directories are created or removed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+const METADATA_DIR: &str = "__cluster_metadata";
+const METADATA_FILE: &str = "metadata.json";
+const META_PROPERTIES: &str = "meta.properties";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metadata file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("data directory {path} belongs to node {found}, not node {expected}")]
+    NodeMismatch {
+        path: PathBuf,
+        found: i32,
+        expected: i32,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> MetadataError + '_ {
+    move |source| MetadataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One topic as the metadata image records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicRecord {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct MetadataImage {
+    topics: BTreeMap<String, TopicRecord>,
+}
+
+/// The metadata of this node, kept in memory and on disk.
+#[derive(Debug)]
+pub struct MetadataStore {
+    dir: PathBuf,
+    cluster_id: String,
+    image: MetadataImage,
+}
+
+impl MetadataStore {
+    /// Opens the metadata under `data_dir`, creating a fresh cluster id on first start.
+    pub fn open(data_dir: &Path, node_id: i32) -> Result<MetadataStore, MetadataError> {
+        let dir = data_dir.join(METADATA_DIR);
+        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let cluster_id = load_or_create_meta_properties(data_dir, node_id)?;
+        let path = dir.join(METADATA_FILE);
+        let image = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| MetadataError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataImage::default(),
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        Ok(MetadataStore {
+            dir,
+            cluster_id,
+            image,
+        })
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &TopicRecord> {
+        self.image.topics.values()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
+        self.image.topics.get(name)
+    }
+
+    /// Adds or replaces a topic and persists the image.
+    pub fn put_topic(&mut self, topic: TopicRecord) -> Result<(), MetadataError> {
+        let previous = self.image.topics.insert(topic.name.clone(), topic.clone());
+        if let Err(e) = self.persist() {
+            match previous {
+                Some(old) => self.image.topics.insert(old.name.clone(), old),
+                None => self.image.topics.remove(&topic.name),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes a topic and persists the image.
+    pub fn remove_topic(&mut self, name: &str) -> Result<Option<TopicRecord>, MetadataError> {
+        let Some(removed) = self.image.topics.remove(name) else {
+            return Ok(None);
+        };
+        if let Err(e) = self.persist() {
+            self.image.topics.insert(removed.name.clone(), removed);
+            return Err(e);
+        }
+        Ok(Some(removed))
+    }
+
+    fn persist(&self) -> Result<(), MetadataError> {
+        let bytes = serde_json::to_vec_pretty(&self.image).map_err(|e| MetadataError::Corrupt {
+            path: self.dir.join(METADATA_FILE),
+            reason: e.to_string(),
+        })?;
+        write_atomically(&self.dir, METADATA_FILE, &bytes)
+    }
+}
+
+/// Writes `dir/name` so that a crash leaves either the old or the new content.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), MetadataError> {
+    let temp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
+    {
+        let mut file = fs::File::create(&temp).map_err(io_error(&temp))?;
+        file.write_all(bytes).map_err(io_error(&temp))?;
+        file.sync_all().map_err(io_error(&temp))?;
+    }
+    fs::rename(&temp, &target).map_err(io_error(&target))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))?;
+    Ok(())
+}
+
+/// Kafka keeps `meta.properties` in every log directory: the cluster id and node id it
+/// belongs to. Starting a node on another node's directory is refused.
+fn load_or_create_meta_properties(data_dir: &Path, node_id: i32) -> Result<String, MetadataError> {
+    let path = data_dir.join(META_PROPERTIES);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut cluster_id = None;
+            let mut found_node = None;
+            for line in text.lines() {
+                if let Some((key, value)) = line.split_once('=') {
+                    match key.trim() {
+                        "cluster.id" => cluster_id = Some(value.trim().to_string()),
+                        "node.id" => found_node = value.trim().parse::<i32>().ok(),
+                        _ => {}
+                    }
+                }
+            }
+            let corrupt = |reason: &str| MetadataError::Corrupt {
+                path: path.clone(),
+                reason: reason.to_string(),
+            };
+            let cluster_id = cluster_id.ok_or_else(|| corrupt("no cluster.id"))?;
+            let found = found_node.ok_or_else(|| corrupt("no node.id"))?;
+            if found != node_id {
+                return Err(MetadataError::NodeMismatch {
+                    path: data_dir.to_path_buf(),
+                    found,
+                    expected: node_id,
+                });
+            }
+            Ok(cluster_id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let cluster_id = new_cluster_id();
+            let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
+            write_atomically(data_dir, META_PROPERTIES, text.as_bytes())?;
+            Ok(cluster_id)
+        }
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+/// A cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = Uuid::new_v4().into_bytes();
+    let mut out = String::with_capacity(22);
+    let mut bits: u32 = 0;
+    let mut bit_count = 0;
+    for byte in bytes {
+        bits = (bits << 8) | u32::from(byte);
+        bit_count += 8;
+        while bit_count >= 6 {
+            bit_count -= 6;
+            out.push(char::from(ALPHABET[((bits >> bit_count) & 0x3f) as usize]));
+        }
+    }
+    if bit_count > 0 {
+        out.push(char::from(
+            ALPHABET[((bits << (6 - bit_count)) & 0x3f) as usize],
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str, partitions: i32) -> TopicRecord {
+        TopicRecord {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn topics_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster_id = {
+            let mut store = MetadataStore::open(dir.path(), 1).unwrap();
+            store.put_topic(topic("a", 3)).unwrap();
+            store.put_topic(topic("b", 1)).unwrap();
+            store.remove_topic("b").unwrap();
+            store.cluster_id().to_string()
+        };
+        let store = MetadataStore::open(dir.path(), 1).unwrap();
+        assert_eq!(store.cluster_id(), cluster_id);
+        assert_eq!(cluster_id.len(), 22);
+        assert_eq!(store.topic("a").map(|t| t.partitions), Some(3));
+        assert!(store.topic("b").is_none());
+    }
+
+    #[test]
+    fn another_nodes_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        MetadataStore::open(dir.path(), 1).unwrap();
+        let err = MetadataStore::open(dir.path(), 2).unwrap_err();
+        assert!(matches!(
+            err,
+            MetadataError::NodeMismatch {
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn corrupt_metadata_is_an_error_not_an_empty_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        MetadataStore::open(dir.path(), 1).unwrap();
+        fs::write(
+            dir.path().join(METADATA_DIR).join(METADATA_FILE),
+            b"{not json",
+        )
+        .unwrap();
+        assert!(matches!(
+            MetadataStore::open(dir.path(), 1),
+            Err(MetadataError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,221 @@
+//! One partition on this broker: its log, the high watermark that fetchers wait on, and
+//! the group-commit flusher that acks=all producers wait on.
+//!
+//! Both waits are the same mechanism (Kafka's purgatory, reduced to its essence): a
+//! `watch` channel carrying an offset, and a waiter that parks until the offset passes
+//! its target or its deadline fires.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sluice_log::{AppendInfo, Log, LogError, ReadSlice, TimestampOffset};
+use tokio::sync::{watch, Notify};
+
+use crate::topic_config::TopicSettings;
+
+/// The leader epoch of every partition on a single node.
+pub const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
+
+pub struct Partition {
+    pub topic: Arc<str>,
+    pub index: i32,
+    log: Mutex<Log>,
+    settings: Mutex<TopicSettings>,
+    /// Offset below which records are visible to consumers (high watermark).
+    high_watermark: watch::Sender<i64>,
+    /// Offset below which records are on disk.
+    synced_offset: watch::Sender<i64>,
+    flush_wanted: Notify,
+    /// Records appended since the last fsync started, for `flush.messages`.
+    unsynced_records: AtomicI64,
+    /// Set when the partition is deleted or the broker shuts down; stops the flusher.
+    closed: watch::Sender<bool>,
+}
+
+/// What a fetch of one partition found.
+pub struct PartitionRead {
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub slice: Option<ReadSlice>,
+}
+
+impl Partition {
+    pub fn new(topic: Arc<str>, index: i32, log: Log, settings: TopicSettings) -> Arc<Partition> {
+        let end = log.log_end_offset();
+        let synced = log.synced_offset();
+        Arc::new(Partition {
+            topic,
+            index,
+            log: Mutex::new(log),
+            settings: Mutex::new(settings),
+            high_watermark: watch::channel(end).0,
+            synced_offset: watch::channel(synced).0,
+            flush_wanted: Notify::new(),
+            unsynced_records: AtomicI64::new(0),
+            closed: watch::channel(false).0,
+        })
+    }
+
+    pub fn settings(&self) -> TopicSettings {
+        self.settings.lock().clone()
+    }
+
+    /// Appends one record batch (rewritten in place with its offset) and publishes the
+    /// new high watermark. Durability is separate: see [`Partition::wait_synced`].
+    pub fn append(&self, batch: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError> {
+        let flush_messages = self.settings.lock().flush_messages;
+        let (info, end) = {
+            let mut log = self.log.lock();
+            let info = log.append(batch, SINGLE_NODE_LEADER_EPOCH, now_ms)?;
+            (info, log.log_end_offset())
+        };
+        self.high_watermark.send_replace(end);
+        let unsynced = self
+            .unsynced_records
+            .fetch_add(i64::from(info.records_count), Ordering::Relaxed)
+            + i64::from(info.records_count);
+        if unsynced >= flush_messages {
+            self.flush_wanted.notify_one();
+        }
+        Ok(info)
+    }
+
+    /// Asks the flusher for a group commit as soon as possible.
+    pub fn request_sync(&self) {
+        self.flush_wanted.notify_one();
+    }
+
+    /// Waits until every offset below `offset_end` is on disk, or the deadline passes.
+    /// Returns whether it is on disk.
+    pub async fn wait_synced(&self, offset_end: i64, deadline: tokio::time::Instant) -> bool {
+        let mut synced = self.synced_offset.subscribe();
+        if *synced.borrow_and_update() >= offset_end {
+            return true;
+        }
+        self.flush_wanted.notify_one();
+        let reached =
+            tokio::time::timeout_at(deadline, synced.wait_for(|o| *o >= offset_end)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// A receiver that changes whenever the high watermark moves (for long polling).
+    pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.subscribe()
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.lock().log_start_offset()
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.lock().log_end_offset()
+    }
+
+    /// Locates the bytes of a fetch; the copy happens outside the lock.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<PartitionRead, LogError> {
+        let log = self.log.lock();
+        let high_watermark = self.high_watermark();
+        let slice = log.read(offset, max_bytes, high_watermark)?;
+        Ok(PartitionRead {
+            high_watermark,
+            log_start_offset: log.log_start_offset(),
+            slice,
+        })
+    }
+
+    pub fn find_offset_by_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<TimestampOffset>, LogError> {
+        self.log.lock().find_offset_by_timestamp(timestamp_ms)
+    }
+
+    pub fn max_timestamp(&self) -> Option<TimestampOffset> {
+        self.log.lock().max_timestamp()
+    }
+
+    pub fn set_settings(&self, settings: TopicSettings) {
+        self.log.lock().set_config(settings.log.clone());
+        *self.settings.lock() = settings;
+    }
+
+    /// One group commit: fsync everything appended so far (outside the lock), then
+    /// publish the new synced offset. Batches appended during the fsync wait for the next.
+    pub async fn sync_once(&self) -> Result<(), LogError> {
+        let target = self.log.lock().sync_target();
+        if !target.is_needed(*self.synced_offset.borrow()) {
+            return Ok(());
+        }
+        self.unsynced_records.store(0, Ordering::Relaxed);
+        let offset_end = target.offset_end;
+        tokio::task::spawn_blocking(move || target.sync())
+            .await
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+        self.log.lock().mark_synced(offset_end);
+        self.synced_offset.send_if_modified(|synced| {
+            let moved = offset_end > *synced;
+            if moved {
+                *synced = offset_end;
+            }
+            moved
+        });
+        Ok(())
+    }
+
+    /// The flusher task: fsyncs when asked (acks=all, `flush.messages`) or every
+    /// `flush.ms`, until shutdown.
+    pub async fn run_flusher(self: Arc<Self>) {
+        let mut closed = self.closed.subscribe();
+        loop {
+            let flush_ms = self.settings.lock().flush_ms;
+            tokio::select! {
+                _ = self.flush_wanted.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(flush_ms)) => {}
+                _ = crate::server::stopped(&mut closed) => return,
+            }
+            if let Err(error) = self.sync_once().await {
+                tracing::error!(topic = %self.topic, partition = self.index, %error, "fsync failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.flush_wanted.notify_one();
+            }
+        }
+    }
+
+    /// Stops the flusher task; pending acks=all waits time out.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Writes the index files and the recovery-point checkpoint.
+    pub fn checkpoint(&self) -> Result<(), LogError> {
+        self.log.lock().checkpoint()
+    }
+
+    /// Fsyncs and checkpoints everything (clean shutdown).
+    pub fn flush(&self) -> Result<(), LogError> {
+        let mut log = self.log.lock();
+        log.flush()?;
+        let end = log.log_end_offset();
+        drop(log);
+        self.synced_offset.send_replace(end);
+        Ok(())
+    }
+
+    /// Removes the partition's directory; the partition must no longer be reachable.
+    pub fn delete(self: Arc<Self>) -> Result<(), LogError> {
+        match Arc::try_unwrap(self) {
+            Ok(partition) => partition.log.into_inner().delete(),
+            Err(shared) => {
+                // A request still holds it: delete the files, the handle dies with it.
+                let dir = shared.log.lock().dir().to_path_buf();
+                std::fs::remove_dir_all(&dir).map_err(LogError::Io)
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The Kafka listener: one task pair per connection.
+//!
+//! The reader turns bytes into request frames and dispatches them *in arrival order*
+//! (so two produce requests on one connection are appended in the order they were sent);
+//! what a request then waits for (an fsync for acks=all, data for a long-polling fetch)
+//! is a future handed to the writer, which awaits those futures in order and writes the
+//! responses in order. That gives pipelining without reordering.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use futures::future::BoxFuture;
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::Decodable;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{self, ApiError};
+use crate::broker::Broker;
+
+/// A response frame to write, or nothing (acks=0 produce).
+pub type ResponseFrame = Option<bytes::Bytes>;
+
+/// What dispatching a request produced: an answer now, or one to wait for.
+pub enum Dispatched {
+    Now(ResponseFrame),
+    Later(BoxFuture<'static, Result<ResponseFrame, ApiError>>),
+}
+
+/// Resolves once the flag turns true (or its sender is gone).
+pub async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// Accepts connections until shutdown, then waits for the connections to finish.
+pub async fn run_listener(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let broker = Arc::clone(&broker);
+                    let shutdown = shutdown.clone();
+                    connections.spawn(async move {
+                        serve_connection(stream, peer, broker, shutdown).await;
+                    });
+                }
+                Err(error) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = crate::server::stopped(&mut stop) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    tracing::debug!(%peer, "connection opened");
+    let (read_half, write_half) = stream.into_split();
+    let depth = broker.config().queued_max_requests();
+    let (tx, rx) = mpsc::channel(depth);
+    let writer = tokio::spawn(write_responses(write_half, rx, peer));
+    read_requests(read_half, peer, &broker, tx, shutdown).await;
+    // The reader dropped its sender: the writer drains what is pending and ends.
+    let _ = writer.await;
+    tracing::debug!(%peer, "connection closed");
+}
+
+/// Why a connection is closed by the broker.
+#[derive(Debug)]
+enum CloseReason {
+    PeerClosed,
+    Shutdown,
+    Fatal(String),
+}
+
+async fn read_requests(
+    mut reader: OwnedReadHalf,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+    tx: mpsc::Sender<Dispatched>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let frame_bytes_max = broker.config().socket_request_max_bytes();
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut reader, frame_bytes_max) => frame,
+            _ = crate::server::stopped(&mut shutdown) => Err(CloseReason::Shutdown),
+        };
+        let outcome = match frame {
+            Ok(frame) => dispatch_frame(broker, frame).await,
+            Err(reason) => Err(reason),
+        };
+        match outcome {
+            Ok(dispatched) => {
+                if tx.send(dispatched).await.is_err() {
+                    return; // writer gone: socket broken
+                }
+            }
+            Err(CloseReason::PeerClosed) | Err(CloseReason::Shutdown) => return,
+            Err(CloseReason::Fatal(reason)) => {
+                tracing::warn!(%peer, %reason, "closing connection");
+                return;
+            }
+        }
+    }
+}
+
+async fn read_frame(
+    reader: &mut OwnedReadHalf,
+    frame_bytes_max: usize,
+) -> Result<BytesMut, CloseReason> {
+    let mut size_bytes = [0u8; 4];
+    match reader.read_exact(&mut size_bytes).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(CloseReason::PeerClosed)
+        }
+        Err(e) => return Err(CloseReason::Fatal(format!("read failed: {e}"))),
+    }
+    let size = i32::from_be_bytes(size_bytes);
+    // api key, api version and correlation id are the least a request header holds.
+    const HEADER_BYTES_MIN: i32 = 8;
+    if size < HEADER_BYTES_MIN {
+        return Err(CloseReason::Fatal(format!("invalid request size {size}")));
+    }
+    let size = size as usize; // positive i32: fits
+    if size > frame_bytes_max {
+        return Err(CloseReason::Fatal(format!(
+            "request size {size} exceeds socket.request.max.bytes {frame_bytes_max}"
+        )));
+    }
+    let mut frame = BytesMut::zeroed(size);
+    match reader.read_exact(&mut frame).await {
+        Ok(_) => Ok(frame),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(CloseReason::Fatal(
+            format!("connection closed inside a {size}-byte request"),
+        )),
+        Err(e) => Err(CloseReason::Fatal(format!("read failed: {e}"))),
+    }
+}
+
+async fn dispatch_frame(broker: &Arc<Broker>, frame: BytesMut) -> Result<Dispatched, CloseReason> {
+    let mut frame = frame.freeze();
+    let mut peek = &frame[..];
+    let api_key_raw = peek.get_i16();
+    let api_version = peek.get_i16();
+    let correlation_id = peek.get_i32();
+    let Ok(api_key) = ApiKey::try_from(api_key_raw) else {
+        return Err(CloseReason::Fatal(format!("unknown API key {api_key_raw}")));
+    };
+    if !api::is_supported(api_key, api_version) {
+        if api_key == ApiKey::ApiVersions {
+            // KIP-511: answer an unknown ApiVersions version with v0 and our ranges.
+            return Ok(Dispatched::Now(Some(
+                api::api_versions::unsupported_version_response(correlation_id),
+            )));
+        }
+        return Err(CloseReason::Fatal(format!(
+            "unsupported version {api_version} of {api_key:?}"
+        )));
+    }
+    let header_version = api_key.request_header_version(api_version);
+    let header = RequestHeader::decode(&mut frame, header_version)
+        .map_err(|e| CloseReason::Fatal(format!("bad {api_key:?} request header: {e}")))?;
+    match api::dispatch(broker, api_key, header, frame).await {
+        Ok(dispatched) => Ok(dispatched),
+        Err(ApiError::Decode(reason)) => Err(CloseReason::Fatal(format!(
+            "bad {api_key:?} v{api_version} request: {reason}"
+        ))),
+        Err(ApiError::Close(reason)) => Err(CloseReason::Fatal(reason)),
+        Err(ApiError::Encode(reason)) => {
+            tracing::error!(?api_key, api_version, %reason, "could not encode a response");
+            Err(CloseReason::Fatal("internal error".to_string()))
+        }
+    }
+}
+
+async fn write_responses(
+    writer: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Dispatched>,
+    peer: SocketAddr,
+) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(dispatched) = rx.recv().await {
+        let frame = match dispatched {
+            Dispatched::Now(frame) => frame,
+            Dispatched::Later(pending) => match pending.await {
+                Ok(frame) => frame,
+                Err(error) => {
+                    tracing::error!(%peer, ?error, "request failed; closing connection");
+                    break;
+                }
+            },
+        };
+        if let Some(frame) = frame {
+            if let Err(error) = writer.write_all(&frame).await {
+                tracing::debug!(%peer, %error, "write failed");
+                return;
+            }
+        }
+        if rx.is_empty() {
+            if let Err(error) = writer.flush().await {
+                tracing::debug!(%peer, %error, "write failed");
+                return;
+            }
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,143 @@
+//! `sluice`: the broker and its command-line tool.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use sluice_broker::config::{env_key, flatten_toml};
+use sluice_broker::BrokerConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A Kafka-compatible message queue in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker (single node: broker and controller in one process).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address of the Kafka listener, host:port [default: 127.0.0.1:9092].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address given to clients in Metadata, host:port [default: the listener].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Directory for logs and metadata [default: ./sluice-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Node id of this broker [default: 1].
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// TOML file of settings under Kafka's names, e.g. `"num.partitions" = 3`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Any broker setting under Kafka's name, e.g. `--set num.partitions=3`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+}
+
+/// Collects settings from every source, lowest precedence first: config file,
+/// `SLUICE_*` environment variables, named flags, then `--set`.
+fn collect_settings(args: &ServeArgs) -> anyhow::Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let flat = flatten_toml(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        pairs.extend(flat);
+    }
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(var, value)| env_key(&var).map(|key| (key, value)))
+        .collect();
+    env.sort();
+    pairs.extend(env);
+    if let Some(listen) = &args.listen {
+        pairs.push(("listeners".into(), listen.clone()));
+    }
+    if let Some(advertise) = &args.advertise {
+        pairs.push(("advertised.listeners".into(), advertise.clone()));
+    }
+    if let Some(dir) = &args.data_dir {
+        pairs.push(("log.dirs".into(), dir.display().to_string()));
+    }
+    if let Some(node_id) = args.node_id {
+        pairs.push(("node.id".into(), node_id.to_string()));
+    }
+    for setting in &args.settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("--set expects KEY=VALUE, got `{setting}`");
+        };
+        pairs.push((key.trim().to_string(), value.to_string()));
+    }
+    Ok(pairs)
+}
+
+fn init_logging() {
+    let filter = std::env::var("SLUICE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        result = tokio::signal::ctrl_c() => result.map(|_| "SIGINT").context("cannot wait for Ctrl-C"),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let pairs = collect_settings(&args)?;
+    let config = BrokerConfig::from_pairs(pairs).context("invalid configuration")?;
+    let broker = sluice_broker::start(config).await?;
+    tracing::info!(address = %broker.local_addr, "sluice is serving; SIGTERM or Ctrl-C stops it");
+    let signal = wait_for_signal().await?;
+    tracing::info!(
+        signal,
+        "shutting down: finishing in-flight requests and flushing"
+    );
+    broker.shutdown().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
