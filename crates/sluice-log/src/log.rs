@@ -158,7 +158,9 @@ impl Log {
         }
         sync_dir(&self.dir)?;
         self.synced_offset = log_end_offset;
-        self.recovery_point = recovery_point.clamp(self.log_start_offset(), log_end_offset);
+        self.recovery_point = recovery_point
+            .max(self.log_start_offset())
+            .min(log_end_offset);
         self.recovery_report.segments_loaded = self.segments.len();
         tracing::debug!(dir = %self.dir.display(), log_start_offset = self.log_start_offset(), log_end_offset, report = ?self.recovery_report, "log opened");
         self.checkpoint()
@@ -519,8 +521,9 @@ fn find_in_segment(
     segment: &Segment,
     timestamp_ms: i64,
 ) -> Result<Option<TimestampOffset>, LogError> {
-    let start_offset =
-        segment.base_offset + i64::from(segment.time_index.search_start(timestamp_ms));
+    let start_offset = segment
+        .base_offset
+        .saturating_add(i64::from(segment.time_index.search_start(timestamp_ms)));
     let Some((mut position, _)) = segment.find_batch_ending_at_or_after(start_offset)? else {
         return Ok(None);
     };
@@ -551,7 +554,18 @@ fn find_in_batch(
         }));
     }
     let mut bytes = Bytes::from(batch);
-    let record_set = RecordBatchDecoder::decode(&mut bytes).map_err(|error| {
+    // The records were encoded by a client; a decoder bug (e.g. arithmetic overflow on hostile
+    // deltas in a debug build) must not take the broker down.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        RecordBatchDecoder::decode(&mut bytes)
+    }))
+    .map_err(|_| {
+        LogError::CorruptBatch(format!(
+            "decoder panicked on batch at offset {}",
+            header.base_offset
+        ))
+    })?;
+    let record_set = decoded.map_err(|error| {
         LogError::CorruptBatch(format!(
             "batch at offset {} does not decode: {error}",
             header.base_offset

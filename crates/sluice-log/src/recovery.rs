@@ -165,12 +165,16 @@ fn start_at_index_floor(
     time_index.truncate_to_offset(floor.relative_offset);
     segment.max_timestamp = time_index.last().map(|entry| TimestampOffset {
         timestamp: entry.timestamp_ms,
-        offset: segment.base_offset + i64::from(entry.relative_offset),
+        offset: segment
+            .base_offset
+            .saturating_add(i64::from(entry.relative_offset)),
     });
     segment.offset_index = offset_index;
     segment.time_index = time_index;
     segment.size_bytes = floor.position;
-    segment.next_offset = segment.base_offset + i64::from(floor.relative_offset);
+    segment.next_offset = segment
+        .base_offset
+        .saturating_add(i64::from(floor.relative_offset));
     segment.bytes_since_index_entry = 0;
 }
 

@@ -259,7 +259,9 @@ impl Segment {
     ) -> Result<(u32, i64), LogError> {
         let floor = self.offset_index.floor_by_position(limit);
         let (mut position, mut next_offset) = if floor.position > start {
-            let offset = self.base_offset + i64::from(floor.relative_offset);
+            let offset = self
+                .base_offset
+                .saturating_add(i64::from(floor.relative_offset));
             (floor.position, offset)
         } else {
             (start, start_offset)

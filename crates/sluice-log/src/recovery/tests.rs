@@ -205,3 +205,52 @@ fn recovery_checkpoints_so_the_next_open_scans_nothing() {
     assert_eq!(log.recovery_report().indexes_rebuilt, 0);
     assert_every_offset_reads_back(&log, &stored);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the files hold, open never panics and serves only what it validated.
+        #[test]
+        fn opening_arbitrary_files_never_panics(
+            valid_batches in 0usize..5,
+            garbage in prop::collection::vec(any::<u8>(), 0..300),
+            index_bytes in prop::collection::vec(any::<u8>(), 0..40),
+            time_index_bytes in prop::collection::vec(any::<u8>(), 0..40),
+            recovery_point in -5i64..20,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log_bytes = Vec::new();
+            let mut base_offset = 0i64;
+            for i in 0..valid_batches {
+                let mut one = batch(1 + i, 5, i as i64);
+                crate::batch::rewrite_header(&mut one, base_offset, 0);
+                base_offset += 1 + i as i64;
+                log_bytes.extend_from_slice(&one);
+            }
+            log_bytes.extend_from_slice(&garbage);
+            fs::write(log_path(dir.path(), 0), &log_bytes).unwrap();
+            fs::write(dir.path().join(format!("{:020}.index", 0)), &index_bytes).unwrap();
+            fs::write(dir.path().join(format!("{:020}.timeindex", 0)), &time_index_bytes).unwrap();
+            fs::write(dir.path().join(crate::RECOVERY_POINT_FILE), recovery_point.to_string()).unwrap();
+            let log = Log::open(dir.path(), config(1 << 20)).unwrap();
+            prop_assert!(log.log_end_offset() >= base_offset);
+            for offset in 0..log.log_end_offset() {
+                let slice = log.read(offset, 0, i64::MAX).unwrap().unwrap();
+                let bytes = slice.read_to_vec().unwrap();
+                prop_assert!(crate::validate_for_append(&bytes, usize::MAX).is_ok());
+            }
+            let _ = log.find_offset_by_timestamp(2).unwrap();
+        }
+
+        #[test]
+        fn validating_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = crate::validate_for_append(&bytes, 1 << 20);
+            let _ = crate::BatchHeader::parse(&bytes);
+        }
+    }
+}
