@@ -18,6 +18,7 @@
 #   TEST_KAFKA_VERSION       broker version the tests assume (default 3.7.0)
 #   PER_TEST_TIMEOUT         wall-clock limit per test id in seconds (default 300)
 #   TEST_TIMEOUT_MULTIPLIER  librdkafka test.timeout.multiplier (default 2)
+#   TEST_CONF_EXTRA          extra whitespace-separated key=value lines for test.conf
 #   RESULTS_DIR              per-test logs (default <repo>/target/librdkafka-results)
 #
 # Exit status: 0 iff every test in expected-pass.txt PASSED.
@@ -41,7 +42,7 @@ for a in "$@"; do
   case "$a" in
     --local) run_local=1 ;;
     --expected-only) only_expected=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     -*) echo "unknown option $a" >&2; exit 2 ;;
     *) selected+=("$a") ;;
   esac
@@ -124,6 +125,8 @@ cat >"$CONF" <<EOF
 bootstrap.servers=127.0.0.1:$PORT
 test.timeout.multiplier=$TEST_TIMEOUT_MULTIPLIER
 EOF
+# shellcheck disable=SC2086
+[[ -n "${TEST_CONF_EXTRA:-}" ]] && printf '%s\n' $TEST_CONF_EXTRA >>"$CONF"
 export RDKAFKA_TEST_CONF="$CONF"
 
 # ---- 3. run ------------------------------------------------------------------
@@ -136,15 +139,18 @@ for id in "${TO_RUN[@]}"; do
   dur=$(( $(date +%s) - start ))
   # Summary rows: "| 0031_get_offsets | PASSED | 1.2s | detail"
   rows="$(strip_ansi <"$log" | grep -E '^\| [0-9]{4}_' || true)"
-  names="$(awk -F'|' '{gsub(/ /,"",$2); print $2}' <<<"$rows" | grep . | paste -sd, -)"
+  names="$(strip_ansi <"$log" | grep -oE '^\[[0-9]{4}_[A-Za-z0-9_]+ ' | tr -d '[ ' | sort -u | paste -sd, -)"
+  # First librdkafka failure: '### Test "X" failed at file:line:func() at DATE: ###' + message line
+  firstfail="$(strip_ansi <"$log" | grep -A1 -m1 -E '^### Test "[0-9]{4}_' |
+    sed -E -e '1s/^### Test "([^"]*)" failed at ([^ ]*) at .*/\1 @\2:/' | paste -sd' ' - | cut -c1-220)"
   failed="$(awk -F'|' '$3 ~ /FAILED|RUNNING/' <<<"$rows")"
   passed="$(awk -F'|' '$3 ~ /PASSED/' <<<"$rows")"
   if ((rc == 124 || rc == 137)); then
-    st=TIMEOUT; det="killed after ${PER_TEST_TIMEOUT}s: $(strip_ansi <"$log" | grep -E 'FAIL|ERR' | tail -1 | cut -c1-160)"
+    st=TIMEOUT; det="killed after ${PER_TEST_TIMEOUT}s; last: $(strip_ansi <"$log" | grep -E '^\[[0-9]{4}_' | tail -1 | cut -c1-160)"
   elif [[ -n "$failed" ]]; then
-    st=FAILED; det="$(awk -F'|' '{print $2": "$5}' <<<"$failed" | tr -s ' ' | paste -sd';' - | cut -c1-200)"
+    st=FAILED; det="${firstfail:-$(awk -F'|' '{print $2": "$5}' <<<"$failed" | tr -s ' ' | paste -sd';' - | cut -c1-200)}"
   elif ((rc != 0)); then
-    st=FAILED; det="exit $rc: $(strip_ansi <"$log" | grep -E 'FAIL|Assert|fatal|ERR' | head -1 | cut -c1-160)"
+    st=FAILED; det="exit $rc: ${firstfail:-$(strip_ansi <"$log" | grep -E 'FAIL|Assert|fatal|ERR' | head -1 | cut -c1-160)}"
   elif [[ -n "$passed" ]]; then
     st=PASSED; det=""
   else
@@ -160,12 +166,12 @@ done
 
 # ---- 4. report ---------------------------------------------------------------
 echo
-printf '%-4s | %-50s | %-8s | %-8s | %s\n' ID NAME RESULT LIST DETAIL
-printf -- '-----+-%s-+----------+----------+-------\n' "$(printf '%.0s-' {1..50})"
+printf '%-4s | %-50s | %-8s | %-9s | %s\n' ID NAME RESULT LIST DETAIL
+printf -- '-----+-%s-+----------+-----------+-------\n' "$(printf '%.0s-' {1..50})"
 bad=0
 for id in "${TO_RUN[@]}"; do
   kind=candidate; is_expected "$id" && kind=expected
-  printf '%-4s | %-50s | %-8s | %-8s | %s\n' "$id" "${NAME[$id]:0:50}" "${STATUS[$id]}" "$kind" "${DETAIL[$id]}"
+  printf '%-4s | %-50s | %-8s | %-9s | %s\n' "$id" "${NAME[$id]:0:50}" "${STATUS[$id]}" "$kind" "${DETAIL[$id]}"
 done
 for id in "${EXPECTED[@]}"; do
   if [[ -z "${STATUS[$id]:-}" ]]; then
