@@ -120,9 +120,11 @@ pub fn handle(ctx: &RequestContext, request: DescribeConfigsRequest) -> Result<B
         .resources
         .iter()
         .map(|resource| {
+            // Null or empty: every setting.
             let keys: Option<Vec<&str>> = resource
                 .configuration_keys
                 .as_ref()
+                .filter(|keys| !keys.is_empty())
                 .map(|keys| keys.iter().map(|k| k.as_str()).collect());
             let keys = keys.as_deref();
             let name = resource.resource_name.as_str();

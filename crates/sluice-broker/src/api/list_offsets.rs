@@ -57,9 +57,14 @@ fn lookup(
     let found = match timestamp {
         LATEST => Ok(Some((-1, partition.high_watermark()))),
         EARLIEST => Ok(Some((-1, partition.log_start_offset()))),
-        MAX_TIMESTAMP if version >= 7 => {
-            Ok(partition.max_timestamp().map(|t| (t.timestamp, t.offset)))
-        }
+        // The log knows the largest timestamp and its batch; the record is found by
+        // looking that timestamp up.
+        MAX_TIMESTAMP if version >= 7 => match partition.max_timestamp() {
+            Some(max) => partition
+                .find_offset_by_timestamp(max.timestamp)
+                .map(|found| found.map(|t| (t.timestamp, t.offset))),
+            None => Ok(None),
+        },
         t if t >= 0 => partition
             .find_offset_by_timestamp(t)
             .map(|found| found.map(|t| (t.timestamp, t.offset))),
