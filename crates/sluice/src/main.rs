@@ -1,5 +1,7 @@
 //! `sluice`: the broker and its command-line tool.
 
+mod alloc_guard;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,6 +9,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use sluice_broker::config::{env_key, flatten_toml};
 use sluice_broker::BrokerConfig;
+
+#[global_allocator]
+static ALLOCATOR: alloc_guard::GuardedAllocator = alloc_guard::GuardedAllocator;
 
 #[derive(Parser)]
 #[command(
