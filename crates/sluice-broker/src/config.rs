@@ -252,18 +252,10 @@ pub fn parse_host_port(value: &str) -> Result<(String, u16), String> {
 }
 
 /// The validated broker configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BrokerConfig {
     /// Values by canonical Kafka name; only keys that were set explicitly.
     overrides: BTreeMap<&'static str, String>,
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            overrides: BTreeMap::new(),
-        }
-    }
 }
 
 impl BrokerConfig {
