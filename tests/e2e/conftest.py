@@ -82,6 +82,7 @@ class Broker:
         self._stderr_file = open(self.stderr_path, "wb")
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        env.setdefault("NO_COLOR", "1")
         env.update(self.env)
         self.proc = subprocess.Popen(
             self.args(), stdin=subprocess.DEVNULL, stdout=self._stderr_file,

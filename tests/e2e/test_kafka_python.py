@@ -159,7 +159,7 @@ def test_admin(broker):
     name = unique_topic("kpadm")
     try:
         a.create_topics({name: {"num_partitions": 2, "replication_factor": 1,
-                                "configs": {"retention.ms": "7200000"}}})
+                                "configs": {"max.message.bytes": "600000"}}})
         wait_topic_partitions(broker.bootstrap, name, 2)
         assert name in a.list_topics()
 
@@ -171,7 +171,7 @@ def test_admin(broker):
 
         cfg = a.describe_configs([ConfigResource("TOPIC", name)], config_filter="all")
         topic_cfg = cfg["topic"][name]
-        assert topic_cfg["retention.ms"]["value"] == "7200000"
+        assert topic_cfg["max.message.bytes"]["value"] == "600000"
 
         cfg = a.describe_configs([ConfigResource("BROKER", "1")], config_filter="all")
         broker_cfg = cfg["broker"]["1"]

@@ -26,9 +26,9 @@ def watermarks(bootstrap, topic, partitions):
         c.close()
 
 
-def produce_acked(bootstrap, topic, values_by_partition):
+def produce_acked(bootstrap, topic, values_by_partition, **conf):
     """Produce, flush, return {partition: [offsets]} after asserting success."""
-    p = make_producer(bootstrap)
+    p = make_producer(bootstrap, **conf)
     acked = {}
     errors = []
 
@@ -162,7 +162,8 @@ def test_many_segments_and_torn_tail(make_broker):
     topic = unique_topic("segs")
     create_topic(b.bootstrap, topic, partitions=2)
     sent = {p: [f"p{p}-{i:06d}-".encode() + os.urandom(400) for i in range(1500)] for p in range(2)}
-    acked = produce_acked(b.bootstrap, topic, sent)
+    # small producer batches: segments roll only at batch boundaries
+    acked = produce_acked(b.bootstrap, topic, sent, **{"batch.size": 8192, "linger.ms": 0})
     assert all(len(acked[p]) == 1500 for p in range(2))
 
     logs = [f for f in _log_files(b.data_dir, topic) if topic in str(f)]
