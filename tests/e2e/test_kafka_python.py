@@ -205,3 +205,24 @@ def test_metadata_auto_create(broker):
         assert [(r.key, r.value) for r in recs] == [(b"k", b"v")]
     finally:
         c.close()
+
+
+def test_gzip_round_trip(broker):
+    topic = unique_topic("kpgz")
+    create(broker.bootstrap, topic, 1)
+    p = producer(broker.bootstrap, compression_type="gzip", linger_ms=50)
+    futs = [p.send(topic, key=f"k{i}".encode(), value=(f"gz-{i}-" * 30).encode(), partition=0)
+            for i in range(200)]
+    p.flush(30)
+    assert [f.get(timeout=30).offset for f in futs] == list(range(200))
+    p.close()
+    c = consumer(broker.bootstrap)
+    try:
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        c.seek(tp, 57)  # in the middle of a compressed batch
+        recs = poll_n(c, 200 - 57)
+        assert [r.offset for r in recs] == list(range(57, 200))
+        assert [r.value for r in recs] == [(f"gz-{i}-" * 30).encode() for i in range(57, 200)]
+    finally:
+        c.close()

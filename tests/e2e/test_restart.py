@@ -189,3 +189,79 @@ def test_many_segments_and_torn_tail(make_broker):
     msgs = confluent_consume_all(b.bootstrap, topic, [0], 2, start_offset=1500)
     assert [m.value() for m in msgs] == [b"tail-1", b"tail-2"]
     b.stop()
+
+
+def test_metadata_survives_restart(make_broker):
+    """Topics, partition counts (incl. CreatePartitions), topic configs and
+    deletions persist across SIGKILL and SIGTERM restarts."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, ResourceType
+
+    b = make_broker(settings={"num.partitions": 1})
+    keep, grow, gone = unique_topic("keep"), unique_topic("grow"), unique_topic("gone")
+    create_topic(b.bootstrap, keep, partitions=3, config={"max.message.bytes": "123456"})
+    create_topic(b.bootstrap, grow, partitions=1)
+    create_topic(b.bootstrap, gone, partitions=2)
+    a = AdminClient({"bootstrap.servers": b.bootstrap})
+    a.create_partitions([NewPartitions(grow, 4)])[grow].result(timeout=15)
+    produce_acked(b.bootstrap, gone, {0: [b"x"], 1: [b"y"]})
+    produce_acked(b.bootstrap, grow, {3: [b"in-new-partition"]})
+    a.delete_topics([gone], operation_timeout=15)[gone].result(timeout=15)
+
+    for how in (signal.SIGKILL, signal.SIGTERM):
+        rc = b.kill(how)
+        if how == signal.SIGTERM:
+            assert rc == 0, b.stderr_text()
+        b.start()
+        a = AdminClient({"bootstrap.servers": b.bootstrap})
+        md = a.list_topics(timeout=15)
+        assert gone not in md.topics, f"deleted topic came back after {how!r}"
+        assert len(md.topics[keep].partitions) == 3
+        assert len(md.topics[grow].partitions) == 4
+        cfg = list(a.describe_configs([ConfigResource(ResourceType.TOPIC, keep)]).values())[0].result(timeout=15)
+        assert cfg["max.message.bytes"].value == "123456"
+        msgs = confluent_consume_all(b.bootstrap, grow, [3], 1)
+        assert msgs[0].value() == b"in-new-partition"
+
+    # re-creating the deleted topic starts empty
+    create_topic(b.bootstrap, gone, partitions=2)
+    wm = watermarks(b.bootstrap, gone, [0, 1])
+    assert wm == {0: (0, 0), 1: (0, 0)}
+
+
+def test_missing_indexes_rebuilt(make_broker):
+    """Delete every .index/.timeindex file while the broker is down: reads by
+    offset and by timestamp still work after restart."""
+    b = make_broker(settings={"log.segment.bytes": 32768})
+    topic = unique_topic("idx")
+    create_topic(b.bootstrap, topic, partitions=1)
+    t0 = int(time.time() * 1000) - 1_000_000
+    p = make_producer(b.bootstrap, **{"batch.size": 4096, "linger.ms": 0})
+    for i in range(800):
+        p.produce(topic, value=f"{i:05d}".encode() + b"." * 200, partition=0, timestamp=t0 + i * 10)
+        if i % 100 == 0:
+            p.flush(30)
+    assert p.flush(30) == 0
+    b.kill(signal.SIGKILL)
+    removed = [f for f in b.data_dir.rglob("*") if f.suffix in (".index", ".timeindex")]
+    for f in removed:
+        f.unlink()
+    assert removed, "no index files found to remove"
+    b.start()
+
+    def check():
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "unused",
+                      "enable.auto.commit": False})
+        try:
+            for i in (0, 1, 399, 400, 401, 799):
+                res = c.offsets_for_times([TopicPartition(topic, 0, t0 + i * 10 - 5)], timeout=15)
+                assert res[0].offset == i, (i, res[0].offset)
+        finally:
+            c.close()
+        for start in (0, 333, 799):
+            msgs = confluent_consume_all(b.bootstrap, topic, [0], 800 - start, start_offset=start)
+            assert [int(m.value()[:5]) for m in msgs] == list(range(start, 800))
+
+    check()
+    b.stop()
+    b.start()
+    check()
