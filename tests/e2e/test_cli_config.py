@@ -118,3 +118,43 @@ def test_sigterm_graceful_and_restart(make_broker):
     # SIGINT (Ctrl-C) is graceful too
     rc = b.kill(signal.SIGINT)
     assert rc == 0, b.stderr_text()
+
+
+def test_serve_with_no_flags(tmp_path):
+    """`sluice serve` alone: 127.0.0.1:9092 and ./sluice-data in the cwd."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 9092))
+        except OSError:
+            pytest.skip("port 9092 is in use on this machine")
+    env = dict(os.environ, NO_COLOR="1")
+    for k in list(env):
+        if k.startswith("SLUICE_") and k != "SLUICE_BIN":
+            del env[k]
+    log = open(tmp_path / "stderr.log", "wb")
+    proc = subprocess.Popen([sluice_bin(), "serve"], cwd=tmp_path, stdout=log, stderr=log, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "stderr.log").read_text()
+            try:
+                with kw.Conn("127.0.0.1", 9092, timeout=2) as c:
+                    err, apis = kw.api_versions_v0(c)
+                    md = kw.metadata_v1(c, [])
+                break
+            except (OSError, kw.ConnectionClosed):
+                assert time.monotonic() < deadline, (tmp_path / "stderr.log").read_text()
+                time.sleep(0.1)
+        assert err == 0
+        assert md["brokers"] == [{"node_id": 1, "host": "127.0.0.1", "port": 9092, "rack": None}]
+        assert (tmp_path / "sluice-data").is_dir()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()

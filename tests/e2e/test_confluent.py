@@ -330,6 +330,12 @@ def test_admin_topics(broker):
     assert "segment.bytes" in configs
     assert "cleanup.policy" in configs
 
+    # describe_configs: unknown topic
+    fs = a.describe_configs([ConfigResource(ResourceType.TOPIC, "no-such-topic-cfg")])
+    with pytest.raises(KafkaException) as ei:
+        list(fs.values())[0].result(timeout=15)
+    assert ei.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
     # describe_configs: broker
     res = ConfigResource(ResourceType.BROKER, "1")
     configs = list(a.describe_configs([res]).values())[0].result(timeout=15)

@@ -140,6 +140,7 @@ def test_sigkill_during_load(make_broker):
         acked_snapshot = dict(acked)
         sent_snapshot = set(sent_values)
     assert len(acked_snapshot) > 100, "too little was acknowledged before the kill"
+    print(f"acked before kill: {len(acked_snapshot)} of {len(sent_snapshot)} sent")
 
     b.start()
     got = read_partitions(b.bootstrap, topic, [0, 1])
@@ -265,3 +266,21 @@ def test_missing_indexes_rebuilt(make_broker):
     b.stop()
     b.start()
     check()
+
+
+def test_time_based_roll(make_broker):
+    """log.roll.ms: an append to a segment older than roll.ms starts a new one."""
+    b = make_broker(settings={"log.roll.ms": 1000})
+    topic = unique_topic("roll")
+    create_topic(b.bootstrap, topic, partitions=1)
+    produce_acked(b.bootstrap, topic, {0: [b"first"]})
+    time.sleep(1.6)
+    produce_acked(b.bootstrap, topic, {0: [b"second"]})
+    time.sleep(1.6)
+    produce_acked(b.bootstrap, topic, {0: [b"third"]})
+    logs = [f for f in b.data_dir.rglob("*.log") if topic in str(f)]
+    assert len(logs) >= 3, f"expected time-based rolls, segments: {logs}"
+    b.kill(signal.SIGKILL)
+    b.start()
+    msgs = confluent_consume_all(b.bootstrap, topic, [0], 3)
+    assert [m.value() for m in msgs] == [b"first", b"second", b"third"]
