@@ -247,10 +247,25 @@ def test_list_offsets(broker):
     if hasattr(a, "list_offsets"):
         from confluent_kafka.admin import OffsetSpec
         tp = TopicPartition(topic, 0)
-        for spec, want in ((OffsetSpec.earliest(), 0), (OffsetSpec.latest(), 10)):
+        for spec, want in ((OffsetSpec.earliest(), 0), (OffsetSpec.latest(), 10),
+                           (OffsetSpec.for_timestamp(t0 + 2500), 3),
+                           (OffsetSpec.max_timestamp(), 9)):
             res = a.list_offsets({tp: spec}, request_timeout=10)
             info = res[tp].result(timeout=15)
-            assert info.offset == want
+            assert info.offset == want, (spec, info.offset, want)
+
+        # max timestamp in the middle of the log (timestamps not monotonic)
+        topic2 = unique_topic("lomax")
+        create_topic(broker.bootstrap, topic2, partitions=1)
+        for i, ts in enumerate([t0, t0 + 50_000, t0 + 10, t0 + 20]):
+            produce_all(p, topic2, [{"value": f"x{i}".encode(), "timestamp": ts}], partition=0)
+        tp2 = TopicPartition(topic2, 0)
+        info = a.list_offsets({tp2: OffsetSpec.max_timestamp()}, request_timeout=10)[tp2].result(timeout=15)
+        assert info.offset == 1
+        assert info.timestamp == t0 + 50_000
+        # by timestamp: first offset whose timestamp is >= target
+        info = a.list_offsets({tp2: OffsetSpec.for_timestamp(t0 + 15)}, request_timeout=10)[tp2].result(timeout=15)
+        assert info.offset == 1
 
 
 def test_unknown_topic_watermarks(make_broker):

@@ -141,3 +141,25 @@ def test_raw_fetch_min_bytes_and_max_bytes(broker):
         elapsed = time.monotonic() - start
         assert elapsed >= 1.0
         assert [x["value"] for x in p["decoded"]] == [b"v" * 500]
+
+
+def test_raw_fetch_partition_max_bytes_limits(broker):
+    """Several batches: partition_max_bytes / max_bytes bound the response,
+    but the first batch is always returned whole."""
+    topic = unique_topic("lpraw4")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    with broker.conn(timeout=30) as conn:
+        sizes = []
+        for i in range(4):
+            batch = kw.encode_batch([(b"k", bytes([65 + i]) * 600)])
+            sizes.append(len(batch))
+            assert kw.produce_v3(conn, topic, 0, batch)["error_code"] == 0
+        for kwargs in ({"partition_max_bytes": 1000}, {"max_bytes": 1000}):
+            p = kw.fetch_v4(conn, topic, 0, 0, max_wait_ms=100, **kwargs)
+            assert p["error_code"] == 0
+            assert p["decoded"] and p["decoded"][0]["offset"] == 0
+            assert p["decoded"][0]["value"] == b"A" * 600
+            assert len(p["records"]) <= max(1000, sizes[0]), (kwargs, len(p["records"]))
+            assert len(p["decoded"]) < 4
+        p = kw.fetch_v4(conn, topic, 0, 0, max_wait_ms=100)
+        assert [x["value"][0] for x in p["decoded"]] == [65, 66, 67, 68]
