@@ -14,6 +14,9 @@ pub struct Broker {
     config: BrokerConfig,
     cluster_id: String,
     pub replicas: Arc<ReplicaManager>,
+    /// Turns true at shutdown: parked requests answer at once instead of waiting out
+    /// their deadline.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Broker {
@@ -27,6 +30,10 @@ impl Broker {
 
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
     }
 }
 
@@ -71,12 +78,13 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         address: address.clone(),
         source,
     })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
         cluster_id: replicas.cluster_id(),
         config,
         replicas: Arc::clone(&replicas),
+        shutdown: shutdown_rx.clone(),
     });
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let checkpointer = tokio::spawn(Arc::clone(&replicas).run_checkpointer(shutdown_rx.clone()));
     let node_id = replicas.config().node_id();
     let task = tokio::spawn(async move {

@@ -77,19 +77,22 @@ async fn fetch(ctx: RequestContext, request: FetchRequest) -> Result<Option<Byte
         .filter_map(|t| t.partition.as_ref().map(|p| p.subscribe_high_watermark()))
         .collect();
     let read_committed = request.isolation_level == READ_COMMITTED;
+    let mut shutdown = ctx.broker.shutdown_signal();
     let partitions = loop {
         for watcher in &mut watchers {
             watcher.borrow_and_update();
         }
         let (partitions, bytes, has_error) = read_all(&targets, response_bytes_max, read_committed);
         let now = tokio::time::Instant::now();
-        if bytes >= min_bytes || has_error || now >= deadline || watchers.is_empty() {
+        let stopping = *shutdown.borrow();
+        if bytes >= min_bytes || has_error || now >= deadline || watchers.is_empty() || stopping {
             break partitions;
         }
         let any_append = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
         tokio::select! {
             _ = any_append => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            _ = crate::server::stopped(&mut shutdown) => {}
         }
     };
     let mut responses: Vec<FetchableTopicResponse> = topics
