@@ -9,7 +9,8 @@ LIBRDKAFKA_VERSION="${RDKAFKA_SYS_VERSION#*+}"
 CACHE="${SLUICE_LIBRDKAFKA_CACHE:-$HOME/.cache/sluice-librdkafka}"
 JOBS="${JOBS:-2}"
 SRC="$CACHE/librdkafka-$LIBRDKAFKA_VERSION"
-STAMP="$SRC/.sluice-built"
+# Bump the suffix when the build recipe changes, to force a rebuild of old caches.
+STAMP="$SRC/.sluice-built-v2"
 
 log() { echo "[librdkafka-build] $*" >&2; }
 
@@ -29,6 +30,8 @@ command -v make >/dev/null 2>&1 || need_pkgs+=(build-essential)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 [[ -f /usr/include/zlib.h ]] || need_pkgs+=(zlib1g-dev)
+# RapidJSON: only used by the tests to validate statistics JSON (0053, 0110).
+[[ -f /usr/include/rapidjson/schema.h ]] || need_pkgs+=(rapidjson-dev)
 if ((${#need_pkgs[@]})); then
   if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
     log "installing: ${need_pkgs[*]}"
@@ -73,7 +76,7 @@ fi
 # --- 3. Build -----------------------------------------------------------------
 cd "$SRC"
 start=$(date +%s)
-if [[ ! -f Makefile.config ]]; then
+if [[ ! -f Makefile.config || ! -f "$STAMP" ]]; then
   log "configure"
   # Only plaintext + builtin codecs: SSL/SASL/OIDC/zstd aren't under test.
   ./configure --no-download --disable-ssl --disable-gssapi --disable-curl \

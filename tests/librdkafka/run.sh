@@ -139,14 +139,14 @@ for id in "${TO_RUN[@]}"; do
   dur=$(( $(date +%s) - start ))
   # Summary rows: "| 0031_get_offsets | PASSED | 1.2s | detail"
   rows="$(strip_ansi <"$log" | grep -E '^\| [0-9]{4}_' || true)"
-  names="$(strip_ansi <"$log" | grep -oE '^\[[0-9]{4}_[A-Za-z0-9_]+ ' | tr -d '[ ' | sort -u | paste -sd, -)"
+  names="$(strip_ansi <"$log" | grep -oE '^\[[0-9]{4}_[A-Za-z0-9_]+[ /]' | tr -d '[ /' | sort -u | paste -sd, -)"
   # First librdkafka failure: '### Test "X" failed at file:line:func() at DATE: ###' + message line
   firstfail="$(strip_ansi <"$log" | grep -A1 -m1 -E '^### Test "[0-9]{4}_' |
     sed -E -e '1s/^### Test "([^"]*)" failed at ([^ ]*) at .*/\1 @\2:/' | paste -sd' ' - | cut -c1-220)"
   failed="$(awk -F'|' '$3 ~ /FAILED|RUNNING/' <<<"$rows")"
   passed="$(awk -F'|' '$3 ~ /PASSED/' <<<"$rows")"
   if ((rc == 124 || rc == 137)); then
-    st=TIMEOUT; det="killed after ${PER_TEST_TIMEOUT}s; last: $(strip_ansi <"$log" | grep -E '^\[[0-9]{4}_' | tail -1 | cut -c1-160)"
+    st=TIMEOUT; det="killed after ${PER_TEST_TIMEOUT}s; ${firstfail:-last: $(strip_ansi <"$log" | grep -E '^\[[0-9]{4}_' | tail -1 | cut -c1-160)}"
   elif [[ -n "$failed" ]]; then
     st=FAILED; det="${firstfail:-$(awk -F'|' '{print $2": "$5}' <<<"$failed" | tr -s ' ' | paste -sd';' - | cut -c1-200)}"
   elif ((rc != 0)); then
