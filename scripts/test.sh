@@ -52,6 +52,9 @@ fi
 
 # ---- 3. build and Rust tests --------------------------------------------------
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found (install Rust: https://rustup.rs)" >&2; exit 1; }
+log "cargo fmt --check and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 log "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 if [[ -z "${SLUICE_SKIP_CARGO_TEST:-}" ]]; then
