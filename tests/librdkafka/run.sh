@@ -134,7 +134,8 @@ declare -A STATUS NAME DETAIL
 for id in "${TO_RUN[@]}"; do
   log="$RESULTS_DIR/$id.log"
   start=$(date +%s)
-  (cd "$TDIR" && TESTS="$id" timeout -k 10 "$PER_TEST_TIMEOUT" ./test-runner -p1 -L -Q >"$log" 2>&1)
+  # (the outer 2>/dev/null only hides bash's "Aborted"/"Killed" job notices)
+  { (cd "$TDIR" && TESTS="$id" exec timeout -k 10 "$PER_TEST_TIMEOUT" ./test-runner -p1 -L -Q >"$log" 2>&1); } 2>/dev/null
   rc=$?
   dur=$(( $(date +%s) - start ))
   # Summary rows: "| 0031_get_offsets | PASSED | 1.2s | detail"
