@@ -6,6 +6,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::BrokerConfig;
+use crate::group::GroupCoordinator;
 use crate::replica_manager::{ReplicaManager, TopicError};
 use crate::server;
 
@@ -14,6 +15,8 @@ pub struct Broker {
     config: BrokerConfig,
     cluster_id: String,
     pub replicas: Arc<ReplicaManager>,
+    /// The group coordinator (every group of this node) and committed offsets.
+    pub groups: Arc<GroupCoordinator>,
     /// Turns true at shutdown: parked requests answer at once instead of waiting out
     /// their deadline.
     shutdown: watch::Receiver<bool>,
@@ -66,6 +69,8 @@ impl RunningBroker {
 /// Opens the data directory (recovering every log), binds the listener and serves.
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let replicas = tokio::task::block_in_place(|| ReplicaManager::open(config.clone()))?;
+    let groups =
+        tokio::task::block_in_place(|| GroupCoordinator::open(Arc::clone(&replicas), &config))?;
     let (host, port) = config.listen();
     let address = format!("{host}:{port}");
     let listener = TcpListener::bind(&address)
@@ -83,13 +88,16 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         cluster_id: replicas.cluster_id(),
         config,
         replicas: Arc::clone(&replicas),
+        groups: Arc::clone(&groups),
         shutdown: shutdown_rx.clone(),
     });
     let checkpointer = tokio::spawn(Arc::clone(&replicas).run_checkpointer(shutdown_rx.clone()));
+    let group_timers = tokio::spawn(groups.run(shutdown_rx.clone()));
     let node_id = replicas.config().node_id();
     let task = tokio::spawn(async move {
         server::run_listener(listener, broker, shutdown_rx).await;
         let _ = checkpointer.await;
+        let _ = group_timers.await;
         let flushing = Arc::clone(&replicas);
         let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
         tracing::info!("broker stopped; every partition flushed");

@@ -183,6 +183,69 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         kind: SettingKind::Int { min: 1, max: 1_000_000 },
         doc: "Requests of one connection that may be in progress at once (pipelining depth).",
     },
+    SettingDef {
+        name: "group.initial.rebalance.delay.ms",
+        aliases: &[],
+        default: "3000",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "How long the first rebalance of an empty group waits for more members to join (tests set it low).",
+    },
+    SettingDef {
+        name: "group.min.session.timeout.ms",
+        aliases: &[],
+        default: "6000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Smallest session timeout a group member may ask for (else INVALID_SESSION_TIMEOUT).",
+    },
+    SettingDef {
+        name: "group.max.session.timeout.ms",
+        aliases: &[],
+        default: "1800000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Largest session timeout a group member may ask for (else INVALID_SESSION_TIMEOUT).",
+    },
+    SettingDef {
+        name: "group.max.size",
+        aliases: &[],
+        default: "1000",
+        kind: SettingKind::Int { min: 1, max: 1_000_000 },
+        doc: "Most members one consumer group may have (else GROUP_MAX_SIZE_REACHED).",
+    },
+    SettingDef {
+        name: "group.max.count",
+        aliases: &[],
+        default: "100000",
+        kind: SettingKind::Int { min: 1, max: 100_000_000 },
+        doc: "Most consumer groups this coordinator holds (Sluice-specific bound); new groups beyond it get COORDINATOR_NOT_AVAILABLE.",
+    },
+    SettingDef {
+        name: "offset.metadata.max.bytes",
+        aliases: &[],
+        default: "4096",
+        kind: SettingKind::Int { min: 0, max: 32_767 },
+        doc: "Largest metadata string of one committed offset (else OFFSET_METADATA_TOO_LARGE).",
+    },
+    SettingDef {
+        name: "offsets.topic.num.partitions",
+        aliases: &[],
+        default: "50",
+        kind: SettingKind::Int { min: 1, max: 1_000 },
+        doc: "Partitions of __consumer_offsets when the broker creates it (fixed afterwards).",
+    },
+    SettingDef {
+        name: "offsets.retention.minutes",
+        aliases: &[],
+        default: "10080",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Committed offsets of an empty group are deleted this long after their commit.",
+    },
+    SettingDef {
+        name: "offsets.retention.check.interval.ms",
+        aliases: &[],
+        default: "600000",
+        kind: SettingKind::Int { min: 1, max: i64::MAX },
+        doc: "How often expired committed offsets are looked for.",
+    },
 ];
 
 /// Looks up a setting by its name or one of its aliases.
@@ -377,6 +440,42 @@ impl BrokerConfig {
 
     pub fn queued_max_requests(&self) -> usize {
         self.usize_value("queued.max.requests")
+    }
+
+    pub fn group_initial_rebalance_delay_ms(&self) -> i32 {
+        i32::try_from(self.int("group.initial.rebalance.delay.ms")).unwrap_or(3000)
+    }
+
+    pub fn group_min_session_timeout_ms(&self) -> i32 {
+        i32::try_from(self.int("group.min.session.timeout.ms")).unwrap_or(6000)
+    }
+
+    pub fn group_max_session_timeout_ms(&self) -> i32 {
+        i32::try_from(self.int("group.max.session.timeout.ms")).unwrap_or(1_800_000)
+    }
+
+    pub fn group_max_size(&self) -> usize {
+        self.usize_value("group.max.size")
+    }
+
+    pub fn group_max_count(&self) -> usize {
+        self.usize_value("group.max.count")
+    }
+
+    pub fn offset_metadata_max_bytes(&self) -> usize {
+        self.usize_value("offset.metadata.max.bytes")
+    }
+
+    pub fn offsets_topic_num_partitions(&self) -> i32 {
+        i32::try_from(self.int("offsets.topic.num.partitions")).unwrap_or(50)
+    }
+
+    pub fn offsets_retention_ms(&self) -> i64 {
+        self.int("offsets.retention.minutes").saturating_mul(60_000)
+    }
+
+    pub fn offsets_retention_check_interval_ms(&self) -> u64 {
+        u64::try_from(self.int("offsets.retention.check.interval.ms")).unwrap_or(600_000)
     }
 
     /// Every setting with its current value and whether it is the default.

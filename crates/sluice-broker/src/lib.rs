@@ -4,6 +4,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod group;
 pub mod metadata_store;
 pub mod partition;
 pub mod replica_manager;

@@ -107,7 +107,7 @@ async fn read_requests(
             _ = crate::server::stopped(&mut shutdown) => Err(CloseReason::Shutdown),
         };
         let outcome = match frame {
-            Ok(frame) => dispatch_frame(broker, frame).await,
+            Ok(frame) => dispatch_frame(broker, frame, peer).await,
             Err(reason) => Err(reason),
         };
         match outcome {
@@ -159,7 +159,11 @@ async fn read_frame(
     }
 }
 
-async fn dispatch_frame(broker: &Arc<Broker>, frame: BytesMut) -> Result<Dispatched, CloseReason> {
+async fn dispatch_frame(
+    broker: &Arc<Broker>,
+    frame: BytesMut,
+    peer: SocketAddr,
+) -> Result<Dispatched, CloseReason> {
     let mut frame = frame.freeze();
     let mut peek = &frame[..];
     let api_key_raw = peek.get_i16();
@@ -182,7 +186,7 @@ async fn dispatch_frame(broker: &Arc<Broker>, frame: BytesMut) -> Result<Dispatc
     let header_version = api_key.request_header_version(api_version);
     let header = RequestHeader::decode(&mut frame, header_version)
         .map_err(|e| CloseReason::Fatal(format!("bad {api_key:?} request header: {e}")))?;
-    match api::dispatch(broker, api_key, header, frame).await {
+    match api::dispatch(broker, api_key, header, frame, Some(peer)).await {
         Ok(dispatched) => Ok(dispatched),
         Err(ApiError::Decode(reason)) => Err(CloseReason::Fatal(format!(
             "bad {api_key:?} v{api_version} request: {reason}"

@@ -220,7 +220,13 @@ async fn metadata_every_version_with_auto_creation() {
             &MetadataRequest::default().with_topics(None),
         )
         .await;
-    assert_eq!(all.topics.len(), versions(ApiKey::Metadata).count());
+    // Every topic: the auto-created ones and the internal __consumer_offsets.
+    assert_eq!(all.topics.len(), versions(ApiKey::Metadata).count() + 1);
+    assert!(all
+        .topics
+        .iter()
+        .any(|t| t.is_internal
+            && t.name.as_deref().map(|n| n.as_str()) == Some("__consumer_offsets")));
     let all_v0: MetadataResponse = client
         .call(
             ApiKey::Metadata,

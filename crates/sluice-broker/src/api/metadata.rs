@@ -114,6 +114,6 @@ fn describe_topic(broker: &Arc<Broker>, topic: &TopicState) -> MetadataResponseT
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.record.name)))
         .with_topic_id(topic.record.id)
-        .with_is_internal(false)
+        .with_is_internal(topic.record.name == crate::group::OFFSETS_TOPIC)
         .with_partitions(partitions)
 }

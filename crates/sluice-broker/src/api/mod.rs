@@ -15,13 +15,24 @@ use crate::server::Dispatched;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 /// Every API this broker implements, with the version range that is implemented and
 /// tested end to end.
@@ -36,6 +47,17 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
@@ -60,6 +82,8 @@ pub struct RequestContext {
     pub broker: Arc<Broker>,
     pub header: RequestHeader,
     pub api_key: ApiKey,
+    /// The client's address (group members' client_host).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl RequestContext {
@@ -111,12 +135,14 @@ pub async fn dispatch(
     api_key: ApiKey,
     header: RequestHeader,
     mut body: Bytes,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Dispatched, ApiError> {
     let version = header.request_api_version;
     let ctx = RequestContext {
         broker: Arc::clone(broker),
         header,
         api_key,
+        peer,
     };
     let now = |frame: Bytes| Ok(Dispatched::Now(Some(frame)));
     match api_key {
@@ -152,6 +178,41 @@ pub async fn dispatch(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),
+        ApiKey::FindCoordinator => now(find_coordinator::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::Heartbeat => now(heartbeat::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::LeaveGroup => now(leave_group::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::OffsetFetch => now(offset_fetch::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::ListGroups => now(list_groups::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::DescribeGroups => now(describe_groups::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::DeleteGroups => now(delete_groups::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::OffsetDelete => now(offset_delete::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::JoinGroup => join_group::handle(ctx, decode(&mut body, api_key, version)?),
+        ApiKey::SyncGroup => sync_group::handle(ctx, decode(&mut body, api_key, version)?),
+        ApiKey::OffsetCommit => offset_commit::handle(ctx, decode(&mut body, api_key, version)?),
         ApiKey::Produce => produce::handle(ctx, decode(&mut body, api_key, version)?),
         ApiKey::Fetch => Ok(fetch::handle(ctx, decode(&mut body, api_key, version)?)),
         other => Err(ApiError::Decode(format!("{other:?} is not implemented"))),
