@@ -6,6 +6,7 @@
 # Env:
 #   SLUICE_SKIP_INSTALL=1   do not touch apt/pip (use what is installed)
 #   SLUICE_SKIP_CARGO_TEST=1  skip `cargo test --workspace`
+#   SLUICE_SKIP_LIBRDKAFKA=1  skip librdkafka's own test suite
 #   PYTEST_ARGS="-k kcat"   extra arguments for pytest
 set -euo pipefail
 
@@ -64,6 +65,14 @@ fi
 
 # ---- 4. end-to-end tests ------------------------------------------------------
 export SLUICE_BIN="${SLUICE_BIN:-$ROOT/target/debug/sluice}"
+
+# librdkafka's own test suite, the tests listed in tests/librdkafka/expected-pass.txt
+# (builds librdkafka from the rdkafka-sys crate once, cached under ~/.cache).
+if [[ -z "${SLUICE_SKIP_LIBRDKAFKA:-}" ]]; then
+  log "librdkafka test suite (tests/librdkafka/run.sh --expected-only)"
+  bash "$ROOT/tests/librdkafka/run.sh" --expected-only
+fi
+
 log "pytest tests/e2e (SLUICE_BIN=$SLUICE_BIN)"
 # shellcheck disable=SC2086
 "$ROOT/.venv/bin/python" -m pytest tests/e2e -v ${PYTEST_ARGS:-}
