@@ -1,6 +1,7 @@
 //! `sluice`: the broker and its command-line tool.
 
 mod alloc_guard;
+mod group_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run a broker (single node: broker and controller in one process).
     Serve(ServeArgs),
+    /// Consumer groups: list, describe with lag, reset offsets.
+    Group(group_cmd::GroupArgs),
 }
 
 #[derive(Args)]
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Group(args) => runtime.block_on(group_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
