@@ -532,7 +532,8 @@ fn flatten_into(
 /// (the log filter) return None.
 pub fn env_key(var: &str) -> Option<String> {
     let rest = var.strip_prefix("SLUICE_")?;
-    if rest == "LOG" || rest == "BIN" || rest.is_empty() {
+    // SLUICE_SKIP_INSTALL belongs to scripts/test.sh, not to the broker.
+    if matches!(rest, "LOG" | "BIN" | "SKIP_INSTALL") || rest.is_empty() {
         return None;
     }
     Some(rest.to_ascii_lowercase().replace('_', "."))
@@ -621,6 +622,7 @@ mod tests {
         );
         assert_eq!(env_key("SLUICE_DATA_DIR").as_deref(), Some("data.dir"));
         assert_eq!(env_key("SLUICE_LOG"), None);
+        assert_eq!(env_key("SLUICE_SKIP_INSTALL"), None);
         assert_eq!(env_key("PATH"), None);
     }
 }
