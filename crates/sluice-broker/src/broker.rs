@@ -66,6 +66,22 @@ impl RunningBroker {
     }
 }
 
+/// A listener on port 0 gets a port from the OS; clients must be told that one.
+fn advertise_bound_port(mut config: BrokerConfig, bound_port: u16) -> BrokerConfig {
+    let (host, port) = config.advertised();
+    if port == 0 {
+        let address = if host.contains(':') {
+            format!("[{host}]:{bound_port}")
+        } else {
+            format!("{host}:{bound_port}")
+        };
+        if let Err(error) = config.set("advertised.listeners", &address) {
+            tracing::error!(%error, "cannot advertise the bound port");
+        }
+    }
+    config
+}
+
 /// Opens the data directory (recovering every log), binds the listener and serves.
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let replicas = tokio::task::block_in_place(|| ReplicaManager::open(config.clone()))?;
@@ -83,6 +99,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         address: address.clone(),
         source,
     })?;
+    let config = advertise_bound_port(config, local_addr.port());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
         cluster_id: replicas.cluster_id(),

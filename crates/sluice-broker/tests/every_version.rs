@@ -194,6 +194,11 @@ async fn metadata_every_version_with_auto_creation() {
         let response: MetadataResponse = client.call(ApiKey::Metadata, version, &request).await;
         assert_eq!(response.brokers.len(), 1, "v{version}");
         assert_eq!(response.brokers[0].host.as_str(), "127.0.0.1");
+        // Bound to port 0: clients are told the port the OS chose.
+        assert_eq!(
+            response.brokers[0].port,
+            i32::from(broker.local_addr.port())
+        );
         let t = &response.topics[0];
         assert_eq!(t.error_code, 0, "v{version}");
         assert_eq!(t.partitions.len(), 2, "v{version}: num.partitions default");
@@ -384,6 +389,29 @@ async fn topic_admin_every_version() {
         assert_eq!(response.controller_id.0, 1);
         assert!(!response.cluster_id.is_empty());
     }
+    // The internal offsets topic can be neither deleted nor grown.
+    let internal: DeleteTopicsResponse = client
+        .call(
+            ApiKey::DeleteTopics,
+            6,
+            &DeleteTopicsRequest::default()
+                .with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                    .with_name(Some(name("__consumer_offsets")))]),
+        )
+        .await;
+    assert_eq!(internal.responses[0].error_code, 17);
+    let grow: CreatePartitionsResponse = client
+        .call(
+            ApiKey::CreatePartitions,
+            3,
+            &CreatePartitionsRequest::default().with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(name("__consumer_offsets"))
+                    .with_count(60),
+            ]),
+        )
+        .await;
+    assert_eq!(grow.results[0].error_code, 17);
     for version in versions(ApiKey::DeleteTopics) {
         let topic = format!("created-{}", version + 1);
         let request = if version >= 6 {

@@ -7,6 +7,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{ApiError, RequestContext};
+use crate::group::OFFSETS_TOPIC;
 
 pub fn handle(ctx: &RequestContext, request: CreatePartitionsRequest) -> Result<Bytes, ApiError> {
     let node = ctx.broker.node_id();
@@ -18,6 +19,13 @@ pub fn handle(ctx: &RequestContext, request: CreatePartitionsRequest) -> Result<
             let foreign_broker = topic.assignments.iter().flatten().any(|assignment| {
                 assignment.broker_ids.len() != 1 || assignment.broker_ids[0].0 != node
             });
+            if topic.name.as_str() == OFFSETS_TOPIC {
+                return result
+                    .with_error_code(ResponseError::InvalidTopicException.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "__consumer_offsets is internal: its partition count maps groups to partitions",
+                    )));
+            }
             if foreign_broker {
                 return result
                     .with_error_code(ResponseError::InvalidReplicaAssignment.code())

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::metadata::topic_name;
 use super::{ApiError, RequestContext};
+use crate::group::OFFSETS_TOPIC;
 
 pub fn handle(ctx: &RequestContext, request: DeleteTopicsRequest) -> Result<Bytes, ApiError> {
     let replicas = &ctx.broker.replicas;
@@ -37,6 +38,14 @@ pub fn handle(ctx: &RequestContext, request: DeleteTopicsRequest) -> Result<Byte
                     .with_error_code(ResponseError::UnknownTopicId.code());
             };
             let result = DeletableTopicResult::default().with_name(Some(topic_name(&name)));
+            if name == OFFSETS_TOPIC {
+                return result
+                    .with_topic_id(id)
+                    .with_error_code(ResponseError::InvalidTopicException.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "__consumer_offsets is internal: deleting it would lose every group's offsets",
+                    )));
+            }
             match replicas.delete_topic(&name) {
                 Ok(record) => result.with_topic_id(record.id),
                 Err(error) => result
