@@ -2,85 +2,17 @@
 //! handshake, a two-member rebalance, assignments, heartbeats during a rebalance,
 //! commits and fetches with metadata, the admin APIs, and offsets surviving a restart.
 
+mod common;
+
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use sluice_broker::api::SUPPORTED_APIS;
 use sluice_broker::BrokerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> Client {
-        Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            correlation_id: 0,
-        }
-    }
-
-    async fn send_raw(&mut self, frame: &[u8]) {
-        self.stream.write_all(frame).await.unwrap();
-    }
-
-    async fn read_frame(&mut self) -> Option<Bytes> {
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).await.ok()?;
-        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut frame).await.ok()?;
-        Some(Bytes::from(frame))
-    }
-
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        api_key: ApiKey,
-        version: i16,
-        request: &Req,
-    ) -> Resp {
-        self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api_key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("groups-test")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, api_key.request_header_version(version))
-            .unwrap();
-        request.encode(&mut body, version).unwrap();
-        let mut frame = BytesMut::new();
-        frame.put_i32(body.len() as i32);
-        frame.extend_from_slice(&body);
-        self.send_raw(&frame).await;
-        let mut response = self.read_frame().await.expect("response frame");
-        let header =
-            ResponseHeader::decode(&mut response, api_key.response_header_version(version))
-                .unwrap();
-        assert_eq!(header.correlation_id, self.correlation_id);
-        let decoded = Resp::decode(&mut response, version)
-            .unwrap_or_else(|e| panic!("{api_key:?} v{version} response: {e}"));
-        assert!(
-            !response.has_remaining(),
-            "{api_key:?} v{version}: {} bytes left",
-            response.remaining()
-        );
-        decoded
-    }
-}
-
-fn versions(api_key: ApiKey) -> std::ops::RangeInclusive<i16> {
-    let (_, min, max) = SUPPORTED_APIS
-        .iter()
-        .find(|(key, _, _)| *key == api_key)
-        .unwrap();
-    *min..=*max
-}
+use common::{name, versions, Client};
 
 fn s(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
@@ -88,10 +20,6 @@ fn s(value: &str) -> StrBytes {
 
 fn gid(value: &str) -> GroupId {
     GroupId(s(value))
-}
-
-fn name(value: &str) -> TopicName {
-    TopicName(s(value))
 }
 
 const NONE: i16 = 0;
@@ -209,7 +137,7 @@ async fn join(client: &mut Client, version: i16, group: &str) -> JoinGroupRespon
         return first;
     }
     assert_eq!(first.error_code, MEMBER_ID_REQUIRED, "v{version}");
-    assert!(first.member_id.starts_with("groups-test-"));
+    assert!(first.member_id.starts_with("socket-test-"));
     let id = first.member_id.to_string();
     client
         .call(
@@ -780,7 +708,7 @@ async fn group_admin_every_version() {
         assert_eq!(busy.protocol_data.as_str(), "range");
         assert_eq!(busy.members.len(), 1);
         assert_eq!(busy.members[0].member_id.as_str(), member);
-        assert_eq!(busy.members[0].client_id.as_str(), "groups-test");
+        assert_eq!(busy.members[0].client_id.as_str(), "socket-test");
         assert_eq!(&busy.members[0].member_assignment[..], b"assigned");
         assert_eq!(
             &busy.members[0].member_metadata[..],
