@@ -767,3 +767,84 @@ fn apply(groups: &mut HashMap<String, Group>, record: StoredRecord) {
         },
     }
 }
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> BrokerConfig {
+        BrokerConfig::from_pairs([
+            ("log.dirs", dir.display().to_string()),
+            ("offsets.topic.num.partitions", "2".to_string()),
+            ("offsets.retention.minutes", "1".to_string()),
+        ])
+        .unwrap()
+    }
+
+    fn open(dir: &std::path::Path) -> Arc<GroupCoordinator> {
+        let config = config(dir);
+        let replicas = ReplicaManager::open(config.clone()).unwrap();
+        GroupCoordinator::open(replicas, &config).unwrap()
+    }
+
+    fn committed(coordinator: &GroupCoordinator, group: &str) -> Option<i64> {
+        let topics = coordinator.fetch_offsets(group, Some(vec![("t".to_string(), vec![0])]));
+        topics[0].1[0].1.as_ref().map(|c| c.offset)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offsets_of_empty_groups_expire_after_retention_and_stay_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = open(dir.path());
+        coordinator
+            .replicas
+            .create_topic(
+                &NewTopic {
+                    name: "t",
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: Vec::new(),
+                },
+                false,
+            )
+            .unwrap();
+        let commit = |group: &str| {
+            let (codes, _) = coordinator.commit(
+                group,
+                -1,
+                "",
+                None,
+                &[OffsetToCommit {
+                    topic: "t".to_string(),
+                    partition: 0,
+                    offset: 42,
+                    leader_epoch: -1,
+                    metadata: None,
+                }],
+            );
+            assert_eq!(codes, vec![0]);
+        };
+        commit("old");
+        let committed_at = now_ms();
+        assert_eq!(committed(&coordinator, "old"), Some(42));
+        // Before the retention time nothing expires.
+        coordinator.expire_offsets(committed_at + 30_000);
+        assert_eq!(committed(&coordinator, "old"), Some(42));
+        // A minute (offsets.retention.minutes = 1) after the commit, the offset is gone.
+        coordinator.expire_offsets(committed_at + 61_000);
+        assert_eq!(committed(&coordinator, "old"), None);
+        assert!(coordinator.list().iter().all(|(id, _, _)| id != "old"));
+        // The tombstones are in __consumer_offsets: a restart does not bring it back.
+        commit("fresh");
+        coordinator
+            .replicas
+            .all_topics()
+            .iter()
+            .flat_map(|t| t.partitions.clone())
+            .for_each(|p| p.flush().unwrap());
+        drop(coordinator);
+        let reopened = open(dir.path());
+        assert_eq!(committed(&reopened, "old"), None);
+        assert_eq!(committed(&reopened, "fresh"), Some(42));
+    }
+}
