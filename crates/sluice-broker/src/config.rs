@@ -532,8 +532,7 @@ fn flatten_into(
 /// (the log filter) return None.
 pub fn env_key(var: &str) -> Option<String> {
     let rest = var.strip_prefix("SLUICE_")?;
-    // SLUICE_SKIP_INSTALL belongs to scripts/test.sh, not to the broker.
-    if matches!(rest, "LOG" | "BIN" | "SKIP_INSTALL") || rest.is_empty() {
+    if matches!(rest, "LOG" | "BIN" | "BOOTSTRAP") || rest.is_empty() {
         return None;
     }
     Some(rest.to_ascii_lowercase().replace('_', "."))

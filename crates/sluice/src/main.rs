@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use sluice_broker::config::{env_key, flatten_toml};
+use sluice_broker::config::{broker_setting, env_key, flatten_toml};
 use sluice_broker::BrokerConfig;
 
 #[global_allocator]
@@ -66,9 +66,18 @@ fn collect_settings(args: &ServeArgs) -> anyhow::Result<Vec<(String, String)>> {
             .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
         pairs.extend(flat);
     }
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter_map(|(var, value)| env_key(&var).map(|key| (key, value)))
-        .collect();
+    // SLUICE_* variables that name a setting apply (a bad value stops the start); others
+    // belong to scripts around the broker and are only reported.
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (var, value) in std::env::vars() {
+        match env_key(&var) {
+            Some(key) if broker_setting(&key).is_some() => env.push((key, value)),
+            Some(_) => {
+                tracing::warn!(variable = %var, "ignoring environment variable: no such setting")
+            }
+            None => {}
+        }
+    }
     env.sort();
     pairs.extend(env);
     if let Some(listen) = &args.listen {
