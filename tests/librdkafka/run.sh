@@ -206,6 +206,9 @@ done
 for id in "${EXPECTED[@]}"; do
   if [[ -z "${STATUS[$id]:-}" ]]; then
     ((${#selected[@]})) || { echo "expected $id: not run"; bad=1; }
+  elif [[ "${STATUS[$id]}" == SKIPPED ]]; then
+    # The test skipped itself (librdkafka skips timing-sensitive tests when CI is set).
+    echo "note: expected-pass test $id skipped itself: ${DETAIL[$id]}"
   elif [[ "${STATUS[$id]}" != PASSED ]]; then
     echo "REGRESSION: expected-pass test $id is ${STATUS[$id]}"; bad=1
   fi
