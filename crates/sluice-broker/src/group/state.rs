@@ -318,7 +318,16 @@ impl Group {
                 .map(str::to_string)
             {
                 let new_id = Self::new_member_id(&request.client_id);
+                let leader_before = self.leader.clone().unwrap_or_default();
                 self.replace_static_member(&old, &new_id);
+                if self.state == GroupState::Stable {
+                    return self.rejoin_static_member_without_rebalance(
+                        now,
+                        &new_id,
+                        request,
+                        leader_before,
+                    );
+                }
                 return self.update_member(now, new_id, request, limits);
             }
             if self.members.len() + self.pending_members.len() >= limits.max_size {
@@ -347,6 +356,32 @@ impl Group {
         }
         let id = request.member_id.clone();
         self.update_member(now, id, request, limits)
+    }
+
+    /// KIP-345: a static member that restarts while the group is Stable takes its old
+    /// place without a rebalance. As Kafka does, the answer names the leader by its id
+    /// from before the replacement, so a restarted leader does not assume leadership and
+    /// recompute (and broadcast) an assignment; it syncs and gets its stored one.
+    fn rejoin_static_member_without_rebalance(
+        &mut self,
+        now: i64,
+        new_id: &str,
+        request: JoinRequest,
+        leader_before: String,
+    ) -> JoinOutcome {
+        let mut result = self.generation_result_for(new_id);
+        if let Some(member) = self.members.get_mut(new_id) {
+            member.last_heartbeat_ms = now;
+            member.session_timeout_ms = request.session_timeout_ms;
+            member.rebalance_timeout_ms = request.rebalance_timeout_ms;
+            member.client_id = request.client_id;
+            member.client_host = request.client_host;
+            member.protocols = request.protocols;
+        }
+        result.leader = leader_before;
+        result.members = Vec::new();
+        tracing::info!(group = %self.id, member = new_id, "static member rejoined a stable group without a rebalance");
+        JoinOutcome::Now(result)
     }
 
     fn replace_static_member(&mut self, old: &str, new_id: &str) {
@@ -1079,11 +1114,37 @@ mod tests {
         // Static members get their id without the MEMBER_ID_REQUIRED round trip.
         let mut rx = later(group.join(0, req.clone(), &limits()));
         let old = rx.try_recv().unwrap().member_id;
-        sync_now(group.sync(0, 1, &old, Some("instance-1"), None, None, vec![]));
-        let mut rx = later(group.join(1, req, &limits()));
-        let new = rx.try_recv().unwrap();
+        sync_now(group.sync(
+            0,
+            1,
+            &old,
+            Some("instance-1"),
+            None,
+            None,
+            vec![(old.clone(), Bytes::from_static(b"partitions-of-1"))],
+        ));
+        let generation = group.generation;
+        // Rejoining a Stable group: no rebalance, same generation, and the leader is
+        // named by its old id so the restarted member does not reassign.
+        let new = now_result(group.join(1, req, &limits()));
+        assert_eq!(new.error, 0);
         assert_ne!(new.member_id, old);
-        assert_eq!(new.leader, new.member_id);
+        assert_eq!(new.generation, generation);
+        assert_eq!(new.leader, old);
+        assert!(new.members.is_empty());
+        assert_eq!(group.state, GroupState::Stable);
+        // It syncs and gets its stored assignment back.
+        let sync = sync_now(group.sync(
+            1,
+            generation,
+            &new.member_id,
+            Some("instance-1"),
+            None,
+            None,
+            vec![],
+        ));
+        assert_eq!(sync.error, 0);
+        assert_eq!(sync.assignment, Bytes::from_static(b"partitions-of-1"));
         assert_eq!(
             group.heartbeat(2, new.generation, &old, Some("instance-1")),
             ResponseError::FencedInstanceId.code()
