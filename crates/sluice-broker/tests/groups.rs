@@ -12,7 +12,7 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_broker::api::SUPPORTED_APIS;
 use sluice_broker::BrokerConfig;
 
-use common::{name, versions, Client};
+use common::{create_topic, name, versions, Client};
 
 fn s(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
@@ -47,17 +47,6 @@ async fn start() -> (sluice_broker::RunningBroker, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let broker = sluice_broker::start(config(dir.path())).await.unwrap();
     (broker, dir)
-}
-
-async fn create_topic(client: &mut Client, topic: &str, partitions: i32) {
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![create_topics_request::CreatableTopic::default()
-            .with_name(name(topic))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1)])
-        .with_timeout_ms(5000);
-    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request).await;
-    assert_eq!(response.topics[0].error_code, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,10 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, TopicName};
+use kafka_protocol::messages::{
+    create_topics_request, ApiKey, CreateTopicsRequest, CreateTopicsResponse, RequestHeader,
+    ResponseHeader, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use sluice_broker::api::SUPPORTED_APIS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,4 +86,16 @@ pub fn versions(api_key: ApiKey) -> std::ops::RangeInclusive<i16> {
 
 pub fn name(value: &str) -> TopicName {
     TopicName(StrBytes::from_string(value.to_string()))
+}
+
+/// Creates a topic with CreateTopics v7 and checks it worked.
+pub async fn create_topic(client: &mut Client, topic: &str, partitions: i32) {
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(name(topic))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)])
+        .with_timeout_ms(5000);
+    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request).await;
+    assert_eq!(response.topics[0].error_code, 0);
 }
