@@ -34,6 +34,14 @@ pub enum SettingKind {
     Path,
     /// One of a fixed list of words.
     Choice(&'static [&'static str]),
+    /// A comma-separated, non-empty list of distinct words from a fixed list (Kafka's LIST
+    /// type, e.g. `cleanup.policy=compact,delete`).
+    List(&'static [&'static str]),
+    /// A decimal number between `min` and `max` (Kafka's DOUBLE type).
+    Double {
+        min: f64,
+        max: f64,
+    },
 }
 
 /// One broker setting: Kafka's name, aliases accepted on input, default and documentation.
@@ -47,6 +55,12 @@ pub struct SettingDef {
 }
 
 const I32_MAX: i64 = i32::MAX as i64;
+
+/// Words of `cleanup.policy`.
+pub const CLEANUP_POLICIES: &[&str] = &["delete", "compact"];
+/// Values of `compression.type`.
+pub const COMPRESSION_TYPES: &[&str] =
+    &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"];
 
 /// Every broker setting Sluice understands. Names are Kafka's.
 pub static BROKER_SETTINGS: &[SettingDef] = &[
@@ -173,8 +187,99 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         name: "log.cleanup.policy",
         aliases: &[],
         default: "delete",
-        kind: SettingKind::Choice(&["delete"]),
-        doc: "Cleanup policy of topics; compaction is not implemented yet, so only delete.",
+        kind: SettingKind::List(CLEANUP_POLICIES),
+        doc: "Default cleanup policy of topics: delete (retention by time and size), compact (keep the last record per key), or both.",
+    },
+    SettingDef {
+        name: "log.retention.ms",
+        aliases: &[],
+        default: "604800000",
+        kind: SettingKind::Int { min: -1, max: i64::MAX },
+        doc: "Default time a segment is kept after its newest record before it is deleted (-1: forever).",
+    },
+    SettingDef {
+        name: "log.retention.bytes",
+        aliases: &[],
+        default: "-1",
+        kind: SettingKind::Int { min: -1, max: i64::MAX },
+        doc: "Default size a partition may reach before its oldest segments are deleted (-1: no limit).",
+    },
+    SettingDef {
+        name: "log.retention.check.interval.ms",
+        aliases: &[],
+        default: "300000",
+        kind: SettingKind::Int { min: 1, max: i64::MAX },
+        doc: "How often partitions are checked for segments to delete under retention.",
+    },
+    SettingDef {
+        name: "log.cleaner.enable",
+        aliases: &[],
+        default: "true",
+        kind: SettingKind::Bool,
+        doc: "Run the log cleaner that compacts topics with cleanup.policy=compact.",
+    },
+    SettingDef {
+        name: "log.cleaner.backoff.ms",
+        aliases: &[],
+        default: "15000",
+        kind: SettingKind::Int { min: 0, max: i64::MAX },
+        doc: "How long the cleaner sleeps when no log needs cleaning.",
+    },
+    SettingDef {
+        name: "log.cleaner.delete.retention.ms",
+        aliases: &[],
+        default: "86400000",
+        kind: SettingKind::Int { min: 0, max: i64::MAX },
+        doc: "Default time a tombstone is kept after compaction reached it.",
+    },
+    SettingDef {
+        name: "log.cleaner.min.compaction.lag.ms",
+        aliases: &[],
+        default: "0",
+        kind: SettingKind::Int { min: 0, max: i64::MAX },
+        doc: "Default minimum age of a record before compaction may remove it.",
+    },
+    SettingDef {
+        name: "log.cleaner.max.compaction.lag.ms",
+        aliases: &[],
+        default: "9223372036854775807",
+        kind: SettingKind::Int { min: 1, max: i64::MAX },
+        doc: "Default maximum time a record may stay uncompacted.",
+    },
+    SettingDef {
+        name: "log.cleaner.min.cleanable.ratio",
+        aliases: &[],
+        default: "0.5",
+        kind: SettingKind::Double { min: 0.0, max: 1.0 },
+        doc: "Default share of a log that must be uncleaned before the cleaner compacts it.",
+    },
+    SettingDef {
+        name: "compression.type",
+        aliases: &[],
+        default: "producer",
+        kind: SettingKind::Choice(COMPRESSION_TYPES),
+        doc: "Default compression of stored batches: producer (keep what the client sent) or a codec to recompress to.",
+    },
+    SettingDef {
+        name: "log.message.timestamp.type",
+        aliases: &[],
+        default: "CreateTime",
+        kind: SettingKind::Choice(&["CreateTime", "LogAppendTime"]),
+        doc: "Default timestamp of stored records: the producer's (CreateTime) or the broker's append time (LogAppendTime).",
+    },
+    SettingDef {
+        name: "producer.id.expiration.ms",
+        aliases: &[],
+        default: "86400000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "An idempotent producer that wrote nothing to a partition for this long is forgotten there.",
+    },
+    SettingDef {
+        name: "producer.id.expiration.check.interval.ms",
+        aliases: &[],
+        default: "600000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "How often expired producer ids are looked for.",
     },
     SettingDef {
         name: "queued.max.requests",
@@ -297,6 +402,30 @@ pub fn validate_value(def: &SettingDef, key: &str, value: &str) -> Result<String
             } else {
                 Err(invalid(format!("expected one of {}", choices.join(", "))))
             }
+        }
+        SettingKind::List(choices) => {
+            let mut words: Vec<&str> = Vec::new();
+            for word in value.split(',').map(str::trim) {
+                if !choices.contains(&word) {
+                    return Err(invalid(format!(
+                        "expected a comma-separated list of {}",
+                        choices.join(", ")
+                    )));
+                }
+                if !words.contains(&word) {
+                    words.push(word);
+                }
+            }
+            Ok(words.join(","))
+        }
+        SettingKind::Double { min, max } => {
+            let parsed: f64 = value
+                .parse()
+                .map_err(|_| invalid("expected a number".to_string()))?;
+            if !(min..=max).contains(&parsed) {
+                return Err(invalid(format!("must be between {min} and {max}")));
+            }
+            Ok(parsed.to_string())
         }
     }
 }
@@ -478,6 +607,26 @@ impl BrokerConfig {
         u64::try_from(self.int("offsets.retention.check.interval.ms")).unwrap_or(600_000)
     }
 
+    pub fn log_retention_check_interval_ms(&self) -> u64 {
+        u64::try_from(self.int("log.retention.check.interval.ms")).unwrap_or(300_000)
+    }
+
+    pub fn log_cleaner_enable(&self) -> bool {
+        self.value("log.cleaner.enable") == Some("true")
+    }
+
+    pub fn log_cleaner_backoff_ms(&self) -> u64 {
+        u64::try_from(self.int("log.cleaner.backoff.ms")).unwrap_or(15_000)
+    }
+
+    pub fn producer_id_expiration_ms(&self) -> i64 {
+        self.int("producer.id.expiration.ms")
+    }
+
+    pub fn producer_id_expiration_check_interval_ms(&self) -> u64 {
+        u64::try_from(self.int("producer.id.expiration.check.interval.ms")).unwrap_or(600_000)
+    }
+
     /// Every setting with its current value and whether it is the default.
     pub fn describe(&self) -> impl Iterator<Item = (&'static SettingDef, &str, bool)> {
         BROKER_SETTINGS.iter().map(|def| {
@@ -577,7 +726,7 @@ mod tests {
             ("num.partitions", "0"),
             ("auto.create.topics.enable", "yes"),
             ("listeners", "nonsense"),
-            ("log.cleanup.policy", "compact"),
+            ("log.cleanup.policy", "compact,shred"),
         ] {
             let err = BrokerConfig::from_pairs([(key, value)]).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");

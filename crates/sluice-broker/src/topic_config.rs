@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use sluice_log::LogConfig;
+use sluice_log::{CompressionType, LogConfig, TimestampType};
 
-use crate::config::{validate_value, BrokerConfig, ConfigError, SettingDef, SettingKind};
+use crate::config::{
+    validate_value, BrokerConfig, ConfigError, SettingDef, SettingKind, CLEANUP_POLICIES,
+    COMPRESSION_TYPES,
+};
 
 /// A topic setting and the broker setting that gives its default.
 #[derive(Debug)]
@@ -89,8 +92,71 @@ pub static TOPIC_SETTINGS: &[TopicSettingDef] = &[
     topic_setting!(
         "cleanup.policy",
         "log.cleanup.policy",
-        SettingKind::Choice(&["delete"]),
-        "Cleanup policy; compaction is not implemented yet."
+        SettingKind::List(CLEANUP_POLICIES),
+        "delete (retention by time and size), compact (keep the last record per key), or both."
+    ),
+    topic_setting!(
+        "retention.ms",
+        "log.retention.ms",
+        SettingKind::Int {
+            min: -1,
+            max: i64::MAX
+        },
+        "Segments whose newest record is older than this are deleted (-1: forever)."
+    ),
+    topic_setting!(
+        "retention.bytes",
+        "log.retention.bytes",
+        SettingKind::Int {
+            min: -1,
+            max: i64::MAX
+        },
+        "The oldest segments are deleted while a partition is larger than this (-1: no limit)."
+    ),
+    topic_setting!(
+        "delete.retention.ms",
+        "log.cleaner.delete.retention.ms",
+        SettingKind::Int {
+            min: 0,
+            max: i64::MAX
+        },
+        "How long a tombstone is kept once compaction has reached it."
+    ),
+    topic_setting!(
+        "min.compaction.lag.ms",
+        "log.cleaner.min.compaction.lag.ms",
+        SettingKind::Int {
+            min: 0,
+            max: i64::MAX
+        },
+        "Minimum age of a record before compaction may remove it."
+    ),
+    topic_setting!(
+        "max.compaction.lag.ms",
+        "log.cleaner.max.compaction.lag.ms",
+        SettingKind::Int {
+            min: 1,
+            max: i64::MAX
+        },
+        "Maximum time a record may stay uncompacted."
+    ),
+    topic_setting!(
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+        SettingKind::Double { min: 0.0, max: 1.0 },
+        "Share of the log that must be uncleaned before it is compacted."
+    ),
+    topic_setting!(
+        "compression.type",
+        "compression.type",
+        SettingKind::Choice(COMPRESSION_TYPES),
+        "producer keeps batches as the client compressed them; a codec recompresses to it."
+    ),
+    topic_setting!(
+        "message.timestamp.type",
+        "log.message.timestamp.type",
+        SettingKind::Choice(&["CreateTime", "LogAppendTime"]),
+        "CreateTime keeps the producer's timestamps; LogAppendTime stamps the broker's append time."
     ),
     topic_setting!(
         "min.insync.replicas",
@@ -147,13 +213,20 @@ pub fn effective<'a>(
     }
 }
 
-fn effective_int(name: &str, overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> i64 {
+fn effective_str<'a>(
+    name: &str,
+    overrides: &'a BTreeMap<String, String>,
+    broker: &'a BrokerConfig,
+) -> &'a str {
     let Some(setting) = topic_setting(name) else {
         debug_assert!(false, "unknown topic setting {name}");
-        return 0;
+        return "";
     };
-    let (value, _) = effective(setting, overrides, broker);
-    value.parse().unwrap_or(0)
+    effective(setting, overrides, broker).0
+}
+
+fn effective_int(name: &str, overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> i64 {
+    effective_str(name, overrides, broker).parse().unwrap_or(0)
 }
 
 /// The resolved settings of one topic, as the partitions use them.
@@ -163,21 +236,37 @@ pub struct TopicSettings {
     pub flush_messages: i64,
     pub flush_ms: u64,
     pub min_insync_replicas: i32,
+    /// The codec to store batches in; `None` keeps the producer's (`compression.type=producer`).
+    pub compression: Option<CompressionType>,
+    pub timestamp_type: TimestampType,
 }
 
 impl TopicSettings {
     pub fn resolve(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> TopicSettings {
         let int = |name: &str| effective_int(name, overrides, broker);
+        let text = |name: &str| effective_str(name, overrides, broker);
+        let cleanup_policy: Vec<&str> = text("cleanup.policy").split(',').collect();
         TopicSettings {
             log: LogConfig {
                 segment_bytes: u64::try_from(int("segment.bytes")).unwrap_or(1 << 30),
                 segment_ms: int("segment.ms"),
                 index_interval_bytes: u32::try_from(int("index.interval.bytes")).unwrap_or(4096),
                 max_batch_bytes: usize::try_from(int("max.message.bytes")).unwrap_or(1_048_588),
+                retention_ms: int("retention.ms"),
+                retention_bytes: int("retention.bytes"),
+                cleanup_delete: cleanup_policy.contains(&"delete"),
+                cleanup_compact: cleanup_policy.contains(&"compact"),
+                delete_retention_ms: int("delete.retention.ms"),
+                min_compaction_lag_ms: int("min.compaction.lag.ms"),
+                max_compaction_lag_ms: int("max.compaction.lag.ms"),
+                min_cleanable_dirty_ratio: text("min.cleanable.dirty.ratio").parse().unwrap_or(0.5),
             },
             flush_messages: int("flush.messages"),
             flush_ms: u64::try_from(int("flush.ms")).unwrap_or(1000),
             min_insync_replicas: i32::try_from(int("min.insync.replicas")).unwrap_or(1),
+            compression: CompressionType::from_config_name(text("compression.type")),
+            timestamp_type: TimestampType::from_config_name(text("message.timestamp.type"))
+                .unwrap_or_default(),
         }
     }
 }
@@ -204,6 +293,29 @@ mod tests {
     fn unknown_and_bad_topic_configs_are_rejected() {
         assert!(validate_topic_configs([("retention.nope", "1")]).is_err());
         assert!(validate_topic_configs([("segment.bytes", "-5")]).is_err());
-        assert!(validate_topic_configs([("cleanup.policy", "compact")]).is_err());
+        assert!(validate_topic_configs([("cleanup.policy", "compact,bogus")]).is_err());
+        assert!(validate_topic_configs([("min.cleanable.dirty.ratio", "1.5")]).is_err());
+        assert!(validate_topic_configs([("compression.type", "brotli")]).is_err());
+    }
+
+    #[test]
+    fn retention_compaction_and_codec_settings_resolve() {
+        let broker = BrokerConfig::from_pairs([("log.retention.ms", "1000")]).unwrap();
+        let overrides = validate_topic_configs([
+            ("cleanup.policy", "compact, delete"),
+            ("compression.type", "zstd"),
+            ("message.timestamp.type", "LogAppendTime"),
+        ])
+        .unwrap();
+        assert_eq!(overrides["cleanup.policy"], "compact,delete");
+        let settings = TopicSettings::resolve(&overrides, &broker);
+        assert!(settings.log.cleanup_compact && settings.log.cleanup_delete);
+        assert_eq!(settings.log.retention_ms, 1000);
+        assert_eq!(settings.compression, Some(CompressionType::Zstd));
+        assert_eq!(settings.timestamp_type, TimestampType::LogAppendTime);
+        let defaults = TopicSettings::resolve(&BTreeMap::new(), &BrokerConfig::default());
+        assert!(defaults.log.cleanup_delete && !defaults.log.cleanup_compact);
+        assert_eq!(defaults.compression, None);
+        assert_eq!(defaults.log.retention_bytes, -1);
     }
 }

@@ -12,6 +12,7 @@
 
 mod batch;
 mod checkpoint;
+mod compression;
 mod error;
 mod index;
 mod log;
@@ -24,6 +25,7 @@ pub mod testing;
 
 pub use batch::{validate_for_append, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
 pub use checkpoint::RECOVERY_POINT_FILE;
+pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
 pub use recovery::RecoveryReport;

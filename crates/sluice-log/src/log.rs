@@ -16,7 +16,7 @@ use crate::segment::{parse_log_file_name, Segment};
 use crate::LogError;
 
 /// Per-partition log settings (Kafka topic config names in the docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Roll when the active segment would exceed this (`segment.bytes`).
     pub segment_bytes: u64,
@@ -28,6 +28,24 @@ pub struct LogConfig {
     pub index_interval_bytes: u32,
     /// Largest accepted batch (`max.message.bytes`).
     pub max_batch_bytes: usize,
+    /// Delete segments whose newest record is older than this; -1 keeps them (`retention.ms`).
+    pub retention_ms: i64,
+    /// Delete the oldest segments while the log is larger than this; -1: no limit
+    /// (`retention.bytes`).
+    pub retention_bytes: i64,
+    /// `cleanup.policy` contains `delete`: retention applies.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` contains `compact`: the cleaner keeps the last record per key, and
+    /// keyless records are refused.
+    pub cleanup_compact: bool,
+    /// How long a tombstone survives once compaction has reached it (`delete.retention.ms`).
+    pub delete_retention_ms: i64,
+    /// Records younger than this are not compacted (`min.compaction.lag.ms`).
+    pub min_compaction_lag_ms: i64,
+    /// A record may stay uncompacted at most this long (`max.compaction.lag.ms`).
+    pub max_compaction_lag_ms: i64,
+    /// Share of the log that must be dirty before it is compacted (`min.cleanable.dirty.ratio`).
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -37,6 +55,14 @@ impl Default for LogConfig {
             segment_ms: 7 * 24 * 60 * 60 * 1000,
             index_interval_bytes: 4096,
             max_batch_bytes: 1_048_588,
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_bytes: -1,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention_ms: 24 * 60 * 60 * 1000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            min_cleanable_dirty_ratio: 0.5,
         }
     }
 }

@@ -38,6 +38,8 @@ fn config_type(kind: SettingKind) -> i8 {
         SettingKind::Bool => 1,
         SettingKind::Int { max, .. } if max <= i64::from(i32::MAX) => 3,
         SettingKind::Int { .. } => 5,
+        SettingKind::Double { .. } => 6,
+        SettingKind::List(_) => 7,
         SettingKind::HostPort | SettingKind::Path | SettingKind::Choice(_) => 2,
     }
 }
