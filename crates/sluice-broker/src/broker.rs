@@ -12,7 +12,6 @@ use crate::server;
 
 /// State shared by every connection.
 pub struct Broker {
-    config: BrokerConfig,
     cluster_id: String,
     pub replicas: Arc<ReplicaManager>,
     /// The group coordinator (every group of this node) and committed offsets.
@@ -23,12 +22,13 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn config(&self) -> &BrokerConfig {
-        &self.config
+    /// The effective configuration (static plus dynamic settings) at this moment.
+    pub fn config(&self) -> Arc<BrokerConfig> {
+        self.replicas.config()
     }
 
     pub fn node_id(&self) -> i32 {
-        self.config.node_id()
+        self.replicas.config().node_id()
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -67,7 +67,7 @@ impl RunningBroker {
 }
 
 /// A listener on port 0 gets a port from the OS; clients must be told that one.
-fn advertise_bound_port(mut config: BrokerConfig, bound_port: u16) -> BrokerConfig {
+fn advertise_bound_port(config: &mut BrokerConfig, bound_port: u16) {
     let (host, port) = config.advertised();
     if port == 0 {
         let address = if host.contains(':') {
@@ -79,7 +79,6 @@ fn advertise_bound_port(mut config: BrokerConfig, bound_port: u16) -> BrokerConf
             tracing::error!(%error, "cannot advertise the bound port");
         }
     }
-    config
 }
 
 /// Opens the data directory (recovering every log), binds the listener and serves.
@@ -99,11 +98,10 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         address: address.clone(),
         source,
     })?;
-    let config = advertise_bound_port(config, local_addr.port());
+    replicas.update_config(|config| advertise_bound_port(config, local_addr.port()));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
         cluster_id: replicas.cluster_id(),
-        config,
         replicas: Arc::clone(&replicas),
         groups: Arc::clone(&groups),
         shutdown: shutdown_rx.clone(),

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 pub enum ConfigError {
     #[error("unknown setting `{key}`")]
     UnknownKey { key: String },
+    #[error("`{key}` cannot be changed at run time; set it in the configuration and restart")]
+    NotDynamic { key: String },
     #[error("invalid value `{value}` for `{key}`: {reason}")]
     InvalidValue {
         key: String,
@@ -443,11 +445,50 @@ pub fn parse_host_port(value: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
-/// The validated broker configuration.
+/// Where a broker setting's value comes from, most specific first (Kafka's ConfigSource).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerSource {
+    /// Set at run time for this broker (AlterConfigs on `BROKER` with its id).
+    DynamicBroker,
+    /// Set at run time for every broker (AlterConfigs on `BROKER` with an empty name).
+    DynamicDefault,
+    /// Set at start-up (config file, environment, flags).
+    Static,
+    Default,
+}
+
+/// Which dynamic layer an AlterConfigs on a `BROKER` resource changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DynamicLayer {
+    /// This broker only (resource name = node id).
+    Broker,
+    /// The cluster-wide default (empty resource name).
+    ClusterDefault,
+}
+
+/// Broker settings that can change at run time (AlterConfigs / IncrementalAlterConfigs on a
+/// `BROKER` resource): the defaults of topic settings and a few broker-wide knobs, as in
+/// Kafka's `DynamicBrokerConfig`. Everything else needs a restart.
+pub fn is_dynamic(name: &str) -> bool {
+    const OTHERS: &[&str] = &[
+        "producer.id.expiration.ms",
+        "log.cleaner.backoff.ms",
+        "log.retention.check.interval.ms",
+    ];
+    OTHERS.contains(&name)
+        || crate::topic_config::TOPIC_SETTINGS
+            .iter()
+            .any(|setting| setting.broker_synonym == name)
+}
+
+/// The validated broker configuration: defaults, then static settings, then the dynamic
+/// cluster default and dynamic per-broker layers (later wins).
 #[derive(Debug, Clone, Default)]
 pub struct BrokerConfig {
-    /// Values by canonical Kafka name; only keys that were set explicitly.
+    /// Values by canonical Kafka name; only keys that were set explicitly at start-up.
     overrides: BTreeMap<&'static str, String>,
+    dynamic_default: BTreeMap<&'static str, String>,
+    dynamic_broker: BTreeMap<&'static str, String>,
 }
 
 impl BrokerConfig {
@@ -475,20 +516,90 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// The value of a setting (explicit or default) as a string.
+    /// The value of a setting (dynamic, static or default) as a string.
     pub fn value(&self, name: &str) -> Option<&str> {
         let def = broker_setting(name)?;
         Some(
-            self.overrides
+            self.dynamic_broker
                 .get(def.name)
+                .or_else(|| self.dynamic_default.get(def.name))
+                .or_else(|| self.overrides.get(def.name))
                 .map(String::as_str)
                 .unwrap_or(def.default),
         )
     }
 
-    /// Whether a setting was set explicitly.
+    /// Whether a setting has its built-in default (was set neither statically nor at run time).
     pub fn is_default(&self, name: &str) -> bool {
-        broker_setting(name).is_none_or(|def| !self.overrides.contains_key(def.name))
+        self.source(name) == BrokerSource::Default
+    }
+
+    /// Where the effective value of a setting comes from.
+    pub fn source(&self, name: &str) -> BrokerSource {
+        let Some(def) = broker_setting(name) else {
+            return BrokerSource::Default;
+        };
+        if self.dynamic_broker.contains_key(def.name) {
+            BrokerSource::DynamicBroker
+        } else if self.dynamic_default.contains_key(def.name) {
+            BrokerSource::DynamicDefault
+        } else if self.overrides.contains_key(def.name) {
+            BrokerSource::Static
+        } else {
+            BrokerSource::Default
+        }
+    }
+
+    /// Every layer that sets `name`, most specific first: (value, source).
+    pub fn layers(&self, name: &str) -> Vec<(&str, BrokerSource)> {
+        let Some(def) = broker_setting(name) else {
+            return Vec::new();
+        };
+        let mut layers = Vec::new();
+        for (map, source) in [
+            (&self.dynamic_broker, BrokerSource::DynamicBroker),
+            (&self.dynamic_default, BrokerSource::DynamicDefault),
+            (&self.overrides, BrokerSource::Static),
+        ] {
+            if let Some(value) = map.get(def.name) {
+                layers.push((value.as_str(), source));
+            }
+        }
+        layers.push((def.default, BrokerSource::Default));
+        layers
+    }
+
+    /// The dynamic values of one layer (as persisted).
+    pub fn dynamic(&self, layer: DynamicLayer) -> &BTreeMap<&'static str, String> {
+        match layer {
+            DynamicLayer::Broker => &self.dynamic_broker,
+            DynamicLayer::ClusterDefault => &self.dynamic_default,
+        }
+    }
+
+    /// Replaces one dynamic layer with `values` after validating every entry: each key must
+    /// be a known, dynamic setting with a valid value. Nothing changes on error.
+    pub fn set_dynamic<'a, I>(&mut self, layer: DynamicLayer, values: I) -> Result<(), ConfigError>
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        let mut validated = BTreeMap::new();
+        for (key, value) in values {
+            let def = broker_setting(key).ok_or_else(|| ConfigError::UnknownKey {
+                key: key.to_string(),
+            })?;
+            if !is_dynamic(def.name) {
+                return Err(ConfigError::NotDynamic {
+                    key: key.to_string(),
+                });
+            }
+            validated.insert(def.name, validate_value(def, key, value)?);
+        }
+        match layer {
+            DynamicLayer::Broker => self.dynamic_broker = validated,
+            DynamicLayer::ClusterDefault => self.dynamic_default = validated,
+        }
+        Ok(())
     }
 
     fn int(&self, name: &str) -> i64 {
@@ -628,13 +739,12 @@ impl BrokerConfig {
     }
 
     /// Every setting with its current value and whether it is the default.
-    pub fn describe(&self) -> impl Iterator<Item = (&'static SettingDef, &str, bool)> {
+    pub fn describe(&self) -> impl Iterator<Item = (&'static SettingDef, &str, BrokerSource)> {
         BROKER_SETTINGS.iter().map(|def| {
-            let explicit = self.overrides.get(def.name);
             (
                 def,
-                explicit.map(String::as_str).unwrap_or(def.default),
-                explicit.is_none(),
+                self.value(def.name).unwrap_or(def.default),
+                self.source(def.name),
             )
         })
     }
@@ -731,6 +841,36 @@ mod tests {
             let err = BrokerConfig::from_pairs([(key, value)]).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn dynamic_layers_win_over_static_and_are_validated() {
+        let mut config = BrokerConfig::from_pairs([("log.retention.ms", "1000")]).unwrap();
+        assert_eq!(config.source("log.retention.ms"), BrokerSource::Static);
+        config
+            .set_dynamic(DynamicLayer::ClusterDefault, [("log.retention.ms", "2000")])
+            .unwrap();
+        assert_eq!(config.value("log.retention.ms"), Some("2000"));
+        config
+            .set_dynamic(DynamicLayer::Broker, [("log.retention.ms", "3000")])
+            .unwrap();
+        assert_eq!(config.value("log.retention.ms"), Some("3000"));
+        assert_eq!(
+            config.source("log.retention.ms"),
+            BrokerSource::DynamicBroker
+        );
+        let layers: Vec<_> = config.layers("log.retention.ms");
+        assert_eq!(layers.len(), 4);
+        assert!(matches!(
+            config.set_dynamic(DynamicLayer::Broker, [("listeners", "0.0.0.0:1")]),
+            Err(ConfigError::NotDynamic { .. })
+        ));
+        assert!(config
+            .set_dynamic(DynamicLayer::Broker, [("log.retention.ms", "soon")])
+            .is_err());
+        assert_eq!(config.value("log.retention.ms"), Some("3000"));
+        config.set_dynamic(DynamicLayer::Broker, []).unwrap();
+        assert_eq!(config.value("log.retention.ms"), Some("2000"));
     }
 
     #[test]

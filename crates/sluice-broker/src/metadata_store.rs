@@ -55,6 +55,10 @@ pub struct TopicRecord {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct MetadataImage {
     topics: BTreeMap<String, TopicRecord>,
+    /// Dynamic broker settings by resource name: "" is the cluster-wide default, a node id
+    /// names one broker (AlterConfigs on `BROKER`).
+    #[serde(default)]
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// The metadata of this node, kept in memory and on disk.
@@ -106,6 +110,38 @@ impl MetadataStore {
             match previous {
                 Some(old) => self.image.topics.insert(old.name.clone(), old),
                 None => self.image.topics.remove(&topic.name),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The dynamic broker settings stored under `resource` ("" = cluster default).
+    pub fn broker_configs(&self, resource: &str) -> BTreeMap<String, String> {
+        self.image
+            .broker_configs
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Replaces the dynamic broker settings of `resource` and persists the image.
+    pub fn put_broker_configs(
+        &mut self,
+        resource: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), MetadataError> {
+        let previous = if configs.is_empty() {
+            self.image.broker_configs.remove(resource)
+        } else {
+            self.image
+                .broker_configs
+                .insert(resource.to_string(), configs)
+        };
+        if let Err(e) = self.persist() {
+            match previous {
+                Some(old) => self.image.broker_configs.insert(resource.to_string(), old),
+                None => self.image.broker_configs.remove(resource),
             };
             return Err(e);
         }

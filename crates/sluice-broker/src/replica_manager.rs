@@ -1,7 +1,7 @@
 //! All partitions hosted by this broker, and the topic lifecycle (create, add partitions,
 //! delete) that changes them. Kafka's `ReplicaManager`, reduced to one node.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use sluice_log::{Log, LogError};
 use uuid::Uuid;
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, DynamicLayer};
 use crate::metadata_store::{MetadataError, MetadataStore, TopicRecord};
 use crate::partition::Partition;
 use crate::topic_config::{validate_topic_configs, TopicSettings};
@@ -93,7 +93,9 @@ pub struct NewTopic<'a> {
 }
 
 pub struct ReplicaManager {
-    config: BrokerConfig,
+    /// The effective configuration: static settings plus the dynamic layers; replaced
+    /// whole when a dynamic setting changes.
+    config: RwLock<Arc<BrokerConfig>>,
     data_dir: PathBuf,
     metadata: Mutex<MetadataStore>,
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
@@ -107,13 +109,17 @@ impl ReplicaManager {
             TopicError::Storage(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let metadata = MetadataStore::open(&data_dir, config.node_id())?;
+        let mut config = config;
+        for layer in [DynamicLayer::ClusterDefault, DynamicLayer::Broker] {
+            load_dynamic_layer(&mut config, &metadata, layer);
+        }
         let mut topics = HashMap::new();
         for record in metadata.topics() {
             let state = open_topic(&data_dir, &config, record.clone(), 0)?;
             topics.insert(record.name.clone(), state);
         }
         let manager = Arc::new(ReplicaManager {
-            config,
+            config: RwLock::new(Arc::new(config)),
             data_dir,
             metadata: Mutex::new(metadata),
             topics: RwLock::new(topics),
@@ -130,8 +136,85 @@ impl ReplicaManager {
         self.metadata.lock().cluster_id().to_string()
     }
 
-    pub fn config(&self) -> &BrokerConfig {
-        &self.config
+    /// The effective configuration at this moment (cheap: an `Arc` clone).
+    pub fn config(&self) -> Arc<BrokerConfig> {
+        Arc::clone(&self.config.read())
+    }
+
+    /// Replaces the static part of the configuration (start-up only: the advertised port).
+    pub fn update_config(&self, change: impl FnOnce(&mut BrokerConfig)) {
+        let mut config = self.config.write();
+        let mut updated = BrokerConfig::clone(&config);
+        change(&mut updated);
+        *config = Arc::new(updated);
+    }
+
+    /// Replaces a topic's configuration overrides (AlterConfigs and IncrementalAlterConfigs
+    /// have computed the full new set). Validated, persisted, then applied to every
+    /// partition without a restart. With `validate_only` nothing changes.
+    pub fn alter_topic_configs(
+        &self,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        let configs = validate_topic_configs(configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| TopicError::InvalidConfig(e.to_string()))?;
+        let mut metadata = self.metadata.lock();
+        let current = self
+            .topic(name)
+            .ok_or_else(|| TopicError::UnknownTopic(name.to_string()))?;
+        if validate_only {
+            return Ok(());
+        }
+        let mut record = current.record.clone();
+        record.configs = configs;
+        metadata.put_topic(record.clone())?;
+        let settings = TopicSettings::resolve(&record.configs, &self.config());
+        for partition in &current.partitions {
+            partition.set_settings(settings.clone());
+        }
+        let partitions = current.partitions.clone();
+        self.topics.write().insert(
+            name.to_string(),
+            Arc::new(TopicState { record, partitions }),
+        );
+        tracing::info!(topic = name, "topic configuration changed");
+        Ok(())
+    }
+
+    /// Replaces one dynamic layer of broker settings (AlterConfigs on a `BROKER` resource),
+    /// persists it and re-resolves every topic whose settings follow the broker defaults.
+    pub fn alter_broker_configs(
+        &self,
+        layer: DynamicLayer,
+        configs: &BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        let mut metadata = self.metadata.lock();
+        let mut updated = BrokerConfig::clone(&self.config());
+        updated
+            .set_dynamic(layer, configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| TopicError::InvalidConfig(e.to_string()))?;
+        if validate_only {
+            return Ok(());
+        }
+        let stored: BTreeMap<String, String> = updated
+            .dynamic(layer)
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        metadata.put_broker_configs(&dynamic_resource_name(layer, updated.node_id()), stored)?;
+        let updated = Arc::new(updated);
+        *self.config.write() = Arc::clone(&updated);
+        for topic in self.all_topics() {
+            let settings = TopicSettings::resolve(&topic.record.configs, &updated);
+            for partition in &topic.partitions {
+                partition.set_settings(settings.clone());
+            }
+        }
+        tracing::info!(?layer, "dynamic broker configuration changed");
+        Ok(())
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<TopicState>> {
@@ -207,7 +290,7 @@ impl ReplicaManager {
             }
         }
         metadata.put_topic(record.clone())?;
-        let state = open_topic(&self.data_dir, &self.config, record.clone(), 0)?;
+        let state = open_topic(&self.data_dir, &self.config(), record.clone(), 0)?;
         for partition in &state.partitions {
             tokio::spawn(Arc::clone(partition).run_flusher());
         }
@@ -244,7 +327,7 @@ impl ReplicaManager {
         let mut record = current.record.clone();
         record.partitions = count;
         metadata.put_topic(record.clone())?;
-        let added = open_topic(&self.data_dir, &self.config, record.clone(), existing)?;
+        let added = open_topic(&self.data_dir, &self.config(), record.clone(), existing)?;
         let mut partitions = current.partitions.clone();
         for partition in &added.partitions {
             tokio::spawn(Arc::clone(partition).run_flusher());
@@ -306,7 +389,7 @@ impl ReplicaManager {
         self: Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let interval = Duration::from_millis(self.config.checkpoint_interval_ms());
+        let interval = Duration::from_millis(self.config().checkpoint_interval_ms());
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -337,6 +420,31 @@ impl ReplicaManager {
             .keys()
             .find(|existing| existing.replace('.', "_") == normalised)
             .cloned()
+    }
+}
+
+/// The metadata key of a dynamic layer: "" for the cluster default, else the node id.
+fn dynamic_resource_name(layer: DynamicLayer, node_id: i32) -> String {
+    match layer {
+        DynamicLayer::ClusterDefault => String::new(),
+        DynamicLayer::Broker => node_id.to_string(),
+    }
+}
+
+/// Applies a persisted dynamic layer at start-up; a stored value this version no longer
+/// accepts is skipped with an error line rather than stopping the broker.
+fn load_dynamic_layer(config: &mut BrokerConfig, metadata: &MetadataStore, layer: DynamicLayer) {
+    let stored = metadata.broker_configs(&dynamic_resource_name(layer, config.node_id()));
+    let mut accepted: Vec<(&str, &str)> = Vec::new();
+    for (key, value) in &stored {
+        let mut probe = config.clone();
+        match probe.set_dynamic(layer, [(key.as_str(), value.as_str())]) {
+            Ok(()) => accepted.push((key.as_str(), value.as_str())),
+            Err(error) => tracing::error!(?layer, %error, "ignoring a stored dynamic setting"),
+        }
+    }
+    if let Err(error) = config.set_dynamic(layer, accepted) {
+        tracing::error!(?layer, %error, "ignoring the stored dynamic settings");
     }
 }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use sluice_log::{CompressionType, LogConfig, TimestampType};
 
 use crate::config::{
-    validate_value, BrokerConfig, ConfigError, SettingDef, SettingKind, CLEANUP_POLICIES,
-    COMPRESSION_TYPES,
+    validate_value, BrokerConfig, BrokerSource, ConfigError, SettingDef, SettingKind,
+    CLEANUP_POLICIES, COMPRESSION_TYPES,
 };
 
 /// A topic setting and the broker setting that gives its default.
@@ -192,8 +192,8 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigSource {
     TopicOverride,
-    BrokerOverride,
-    Default,
+    /// No topic override: the broker's value, from the layer that set it.
+    Broker(BrokerSource),
 }
 
 /// The effective value of a topic setting: the topic override, else the broker value.
@@ -206,11 +206,10 @@ pub fn effective<'a>(
         return (value, ConfigSource::TopicOverride);
     }
     let value = broker.value(setting.broker_synonym).unwrap_or("");
-    if broker.is_default(setting.broker_synonym) {
-        (value, ConfigSource::Default)
-    } else {
-        (value, ConfigSource::BrokerOverride)
-    }
+    (
+        value,
+        ConfigSource::Broker(broker.source(setting.broker_synonym)),
+    )
 }
 
 fn effective_str<'a>(
@@ -285,7 +284,7 @@ mod tests {
         let setting = topic_setting("segment.bytes").unwrap();
         assert_eq!(
             effective(setting, &overrides, &broker),
-            ("2048", ConfigSource::BrokerOverride)
+            ("2048", ConfigSource::Broker(BrokerSource::Static))
         );
     }
 

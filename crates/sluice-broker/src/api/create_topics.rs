@@ -68,7 +68,7 @@ pub fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Result<Byte
         });
         results.push(match outcome {
             Ok(record) => {
-                let configs = topic_config_entries(config, &record.configs, None)
+                let configs = topic_config_entries(&config, &record.configs, None)
                     .into_iter()
                     .map(|entry| {
                         CreatableTopicConfigs::default()

@@ -11,7 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{ApiError, RequestContext};
-use crate::config::{BrokerConfig, SettingDef, SettingKind};
+use crate::config::{is_dynamic, BrokerConfig, BrokerSource, SettingDef, SettingKind};
 use crate::topic_config::{effective, ConfigSource, TOPIC_SETTINGS};
 
 pub const RESOURCE_TOPIC: i8 = 2;
@@ -19,6 +19,8 @@ pub const RESOURCE_BROKER: i8 = 4;
 
 /// Kafka's ConfigSource values.
 const SOURCE_TOPIC: i8 = 1;
+const SOURCE_DYNAMIC_BROKER: i8 = 2;
+const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
@@ -44,12 +46,22 @@ fn config_type(kind: SettingKind) -> i8 {
     }
 }
 
-fn broker_source(broker: &BrokerConfig, name: &str) -> i8 {
-    if broker.is_default(name) {
-        SOURCE_DEFAULT
-    } else {
-        SOURCE_STATIC_BROKER
+fn source_code(source: BrokerSource) -> i8 {
+    match source {
+        BrokerSource::DynamicBroker => SOURCE_DYNAMIC_BROKER,
+        BrokerSource::DynamicDefault => SOURCE_DYNAMIC_DEFAULT_BROKER,
+        BrokerSource::Static => SOURCE_STATIC_BROKER,
+        BrokerSource::Default => SOURCE_DEFAULT,
     }
+}
+
+/// Every broker layer that sets `name`, most specific first, as synonyms.
+fn broker_synonyms(broker: &BrokerConfig, name: &'static str) -> Vec<(&'static str, String, i8)> {
+    broker
+        .layers(name)
+        .into_iter()
+        .map(|(value, source)| (name, value.to_string(), source_code(source)))
+        .collect()
 }
 
 /// The effective settings of a topic, filtered by `keys` when given.
@@ -63,26 +75,17 @@ pub fn topic_config_entries(
         .filter(|s| keys.is_none_or(|keys| keys.contains(&s.def.name)))
         .map(|setting| {
             let (value, source) = effective(setting, overrides, broker);
-            let broker_value = broker
-                .value(setting.broker_synonym)
-                .unwrap_or("")
-                .to_string();
             let mut synonyms = Vec::new();
             if let Some(topic_value) = overrides.get(setting.def.name) {
                 synonyms.push((setting.def.name, topic_value.clone(), SOURCE_TOPIC));
             }
-            synonyms.push((
-                setting.broker_synonym,
-                broker_value,
-                broker_source(broker, setting.broker_synonym),
-            ));
+            synonyms.extend(broker_synonyms(broker, setting.broker_synonym));
             ConfigEntry {
                 name: setting.def.name,
                 value: value.to_string(),
                 source: match source {
                     ConfigSource::TopicOverride => SOURCE_TOPIC,
-                    ConfigSource::BrokerOverride => SOURCE_STATIC_BROKER,
-                    ConfigSource::Default => SOURCE_DEFAULT,
+                    ConfigSource::Broker(source) => source_code(source),
                 },
                 read_only: false,
                 def: &setting.def,
@@ -96,21 +99,14 @@ fn broker_config_entries(broker: &BrokerConfig, keys: Option<&[&str]>) -> Vec<Co
     broker
         .describe()
         .filter(|(def, _, _)| keys.is_none_or(|keys| keys.contains(&def.name)))
-        .map(|(def, value, is_default)| {
-            let source = if is_default {
-                SOURCE_DEFAULT
-            } else {
-                SOURCE_STATIC_BROKER
-            };
-            ConfigEntry {
-                name: def.name,
-                value: value.to_string(),
-                source,
-                // Static settings: changing them needs a restart.
-                read_only: true,
-                def,
-                synonyms: vec![(def.name, value.to_string(), source)],
-            }
+        .map(|(def, value, source)| ConfigEntry {
+            name: def.name,
+            value: value.to_string(),
+            source: source_code(source),
+            // Only dynamic settings can change without a restart.
+            read_only: !is_dynamic(def.name),
+            def,
+            synonyms: broker_synonyms(broker, def.name),
         })
         .collect()
 }
@@ -136,7 +132,7 @@ pub fn handle(ctx: &RequestContext, request: DescribeConfigsRequest) -> Result<B
             let entries = match resource.resource_type {
                 RESOURCE_TOPIC => match broker.replicas.topic(name) {
                     Some(topic) => Ok(topic_config_entries(
-                        broker.config(),
+                        &broker.config(),
                         &topic.record.configs,
                         keys,
                     )),
@@ -146,7 +142,7 @@ pub fn handle(ctx: &RequestContext, request: DescribeConfigsRequest) -> Result<B
                     )),
                 },
                 RESOURCE_BROKER if name.is_empty() || name == broker.node_id().to_string() => {
-                    Ok(broker_config_entries(broker.config(), keys))
+                    Ok(broker_config_entries(&broker.config(), keys))
                 }
                 RESOURCE_BROKER => Err((
                     ResponseError::InvalidRequest.code(),
