@@ -406,7 +406,8 @@ impl Log {
         max
     }
 
-    /// First offset whose record timestamp is >= `timestamp_ms`, and that timestamp.
+    /// First offset at or after the log start whose record timestamp is >= `timestamp_ms`,
+    /// and that timestamp.
     pub fn find_offset_by_timestamp(
         &self,
         timestamp_ms: i64,
@@ -418,7 +419,7 @@ impl Log {
             {
                 continue;
             }
-            if let Some(found) = find_in_segment(segment, timestamp_ms)? {
+            if let Some(found) = find_in_segment(segment, timestamp_ms, self.log_start_offset())? {
                 return Ok(Some(found));
             }
         }
@@ -597,10 +598,12 @@ fn delete_segments(
 fn find_in_segment(
     segment: &Segment,
     timestamp_ms: i64,
+    min_offset: i64,
 ) -> Result<Option<TimestampOffset>, LogError> {
     let start_offset = segment
         .base_offset
-        .saturating_add(i64::from(segment.time_index.search_start(timestamp_ms)));
+        .saturating_add(i64::from(segment.time_index.search_start(timestamp_ms)))
+        .max(min_offset);
     let Some((mut position, _)) = segment.find_batch_ending_at_or_after(start_offset)? else {
         return Ok(None);
     };
@@ -608,7 +611,7 @@ fn find_in_segment(
         let header = segment.read_header_at(position)?;
         if header.max_timestamp >= timestamp_ms {
             let batch = segment.read_batch_at(position, &header)?;
-            if let Some(found) = find_in_batch(batch, &header, timestamp_ms)? {
+            if let Some(found) = find_in_batch(batch, &header, timestamp_ms, min_offset)? {
                 return Ok(Some(found));
             }
         }
@@ -622,12 +625,13 @@ fn find_in_batch(
     batch: Vec<u8>,
     header: &BatchHeader,
     timestamp_ms: i64,
+    min_offset: i64,
 ) -> Result<Option<TimestampOffset>, LogError> {
     if header.is_log_append_time() {
         // Every record carries the batch's maxTimestamp.
         return Ok(Some(TimestampOffset {
             timestamp: header.max_timestamp,
-            offset: header.base_offset,
+            offset: header.base_offset.max(min_offset),
         }));
     }
     let mut bytes = Bytes::from(batch);
@@ -651,7 +655,7 @@ fn find_in_batch(
     Ok(record_set
         .records
         .iter()
-        .find(|record| record.timestamp >= timestamp_ms)
+        .find(|record| record.timestamp >= timestamp_ms && record.offset >= min_offset)
         .map(|record| TimestampOffset {
             timestamp: record.timestamp,
             offset: record.offset,

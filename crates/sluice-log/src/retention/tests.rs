@@ -409,3 +409,18 @@ proptest! {
         prop_assert!(plan_deletions(&segments, &disabled, 0, now_ms).is_empty());
     }
 }
+
+#[test]
+fn timestamp_lookups_never_answer_below_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), one_batch_per_segment(-1, -1)).unwrap();
+    // Two batches of 5 records, each record stamped with the batch timestamp.
+    fill(&mut log, &[100, 200]);
+    let (start, pending) = log.delete_records(7).unwrap();
+    pending.unlink().unwrap();
+    assert_eq!(start, 7);
+    let found = log.find_offset_by_timestamp(0).unwrap().unwrap();
+    assert_eq!(found.offset, 7);
+    let found = log.find_offset_by_timestamp(201).unwrap();
+    assert_eq!(found, None);
+}
