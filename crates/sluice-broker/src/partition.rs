@@ -211,6 +211,10 @@ impl Partition {
     /// log under the lock, their files are unlinked after it is released. Returns how many
     /// segments were deleted.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        if *self.closed.borrow() {
+            // Deleted topic or shutdown: its directory may already be gone.
+            return Ok(0);
+        }
         let pending = self.log.lock().apply_retention(now_ms)?;
         Ok(self.finish_deletion(pending))
     }
