@@ -168,7 +168,7 @@ for id in "${TO_RUN[@]}"; do
   q="$(quick_flag "$id")"
   st="${SUBTESTS:-$(subtests_of "$EXPECTED_FILE" "$id")}"
   # shellcheck disable=SC2086
-  { (cd "$TDIR" && TESTS="$id" SUBTESTS="$st" exec timeout -k 10 "$PER_TEST_TIMEOUT" ./test-runner -p1 -L $q >"$log" 2>&1); } 2>/dev/null
+  { (cd "$TDIR" && if [[ -n "$st" ]]; then export SUBTESTS="$st"; else unset SUBTESTS; fi && TESTS="$id" exec timeout -k 10 "$PER_TEST_TIMEOUT" ./test-runner -p1 -L $q >"$log" 2>&1); } 2>/dev/null
   rc=$?
   dur=$(( $(date +%s) - start ))
   # Summary rows: "| 0031_get_offsets | PASSED | 1.2s | detail"
