@@ -55,10 +55,13 @@ for a in "$@"; do
   esac
 done
 
-# List line format: "<id> [full]  # comment". `full` = run without -Q: in quick
+# List line format: "<id> [full] [subtests=SUBSTRING]  # comment". `full` = run without -Q: in quick
 # mode librdkafka silently skips every SUB_TEST() not declared SUB_TEST_QUICK(),
 # which turns most consumer-group tests into no-ops that "pass".
 full_of() { [[ -f "$1" ]] && sed -e 's/#.*//' "$1" | awk '$1 ~ /^[0-9][0-9][0-9][0-9]$/ && $2 == "full" {print $1}' || true; }
+# An optional "subtests=SUBSTRING" token restricts an id to librdkafka's matching
+# sub-tests (its SUBTESTS variable), e.g. only 0081's DeleteRecords sub-tests.
+subtests_of() { [[ -f "$1" ]] && sed -e 's/#.*//' "$1" | awk -v id="$2" '$1 == id { for (i = 2; i <= NF; i++) if ($i ~ /^subtests=/) { sub(/^subtests=/, "", $i); print $i; exit } }' || true; }
 ids_of() { [[ -f "$1" ]] && sed -e 's/#.*//' "$1" | awk '$1 ~ /^[0-9][0-9][0-9][0-9]$/ {print $1}' || true; }
 mapfile -t EXPECTED < <(ids_of "$EXPECTED_FILE")
 mapfile -t CANDIDATES < <(ids_of "$CANDIDATES_FILE")
@@ -163,8 +166,9 @@ for id in "${TO_RUN[@]}"; do
   start=$(date +%s)
   # (the outer 2>/dev/null only hides bash's "Aborted"/"Killed" job notices)
   q="$(quick_flag "$id")"
+  st="${SUBTESTS:-$(subtests_of "$EXPECTED_FILE" "$id")}"
   # shellcheck disable=SC2086
-  { (cd "$TDIR" && TESTS="$id" exec timeout -k 10 "$PER_TEST_TIMEOUT" ./test-runner -p1 -L $q >"$log" 2>&1); } 2>/dev/null
+  { (cd "$TDIR" && if [[ -n "$st" ]]; then export SUBTESTS="$st"; else unset SUBTESTS; fi && TESTS="$id" exec timeout -k 10 "$PER_TEST_TIMEOUT" ./test-runner -p1 -L $q >"$log" 2>&1); } 2>/dev/null
   rc=$?
   dur=$(( $(date +%s) - start ))
   # Summary rows: "| 0031_get_offsets | PASSED | 1.2s | detail"

@@ -8,6 +8,7 @@ pub mod group;
 pub mod metadata_store;
 pub mod partition;
 pub mod replica_manager;
+pub mod retention;
 pub mod server;
 pub mod topic_config;
 

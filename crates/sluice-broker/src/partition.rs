@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sluice_log::{AppendInfo, Log, LogError, ReadSlice, TimestampOffset};
+use sluice_log::{AppendInfo, Log, LogError, PendingDeletion, ReadSlice, TimestampOffset};
 use tokio::sync::{watch, Notify};
 
 use crate::topic_config::TopicSettings;
@@ -205,6 +205,52 @@ impl Partition {
         drop(log);
         self.synced_offset.send_replace(end);
         Ok(())
+    }
+
+    /// Applies retention (see `sluice_log::Log::apply_retention`): the segments leave the
+    /// log under the lock, their files are unlinked after it is released. Returns how many
+    /// segments were deleted.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        if *self.closed.borrow() {
+            // Deleted topic or shutdown: its directory may already be gone.
+            return Ok(0);
+        }
+        let pending = self.log.lock().apply_retention(now_ms)?;
+        Ok(self.finish_deletion(pending))
+    }
+
+    /// DeleteRecords: moves the log start offset up to `offset` (persisted before this
+    /// returns) and deletes the segments entirely below it. Returns the new log start
+    /// offset. Beyond the high watermark is OFFSET_OUT_OF_RANGE.
+    pub fn delete_records(&self, offset: i64) -> Result<i64, LogError> {
+        let (log_start_offset, pending) = {
+            let mut log = self.log.lock();
+            let high_watermark = self.high_watermark();
+            if offset < 0 || offset > high_watermark {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: log.log_start_offset(),
+                    log_end_offset: high_watermark,
+                });
+            }
+            log.delete_records(offset)?
+        };
+        self.finish_deletion(pending);
+        tracing::info!(topic = %self.topic, partition = self.index, log_start_offset, "log start offset moved by DeleteRecords");
+        Ok(log_start_offset)
+    }
+
+    /// Logs and unlinks segments already out of the log (outside the lock). An unlink
+    /// failure leaves a `*.deleted` file that the next open removes.
+    fn finish_deletion(&self, pending: PendingDeletion) -> usize {
+        for segment in &pending.segments {
+            tracing::info!(topic = %self.topic, partition = self.index, base_offset = segment.base_offset, next_offset = segment.next_offset, size_bytes = segment.size_bytes, reason = %segment.reason, "deleting segment");
+        }
+        let count = pending.segments.len();
+        if let Err(error) = pending.unlink() {
+            tracing::warn!(topic = %self.topic, partition = self.index, %error, "could not unlink deleted segment files; the next start removes them");
+        }
+        count
     }
 
     /// Removes the partition's directory; the partition must no longer be reachable.

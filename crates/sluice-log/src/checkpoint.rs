@@ -1,5 +1,5 @@
 //! Atomic small-file writes (temp file, fsync, rename, fsync directory) and the
-//! `recovery-point` checkpoint.
+//! `recovery-point` and `log-start-offset` checkpoints.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -9,6 +9,10 @@ use crate::LogError;
 
 /// File name of the recovery point checkpoint inside a partition directory.
 pub const RECOVERY_POINT_FILE: &str = "recovery-point";
+/// File name of the log start offset checkpoint inside a partition directory. Only needed
+/// when the start sits inside the first segment (DeleteRecords); otherwise the first
+/// segment's base offset is the start.
+pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 const TEMP_SUFFIX: &str = ".tmp";
 
 /// Replaces `dir/name` with `bytes` atomically: write `name.tmp`, fsync, rename, fsync `dir`.
@@ -63,9 +67,50 @@ pub fn write_recovery_point(dir: &Path, recovery_point: i64) -> Result<(), LogEr
     )
 }
 
+/// Reads the log start offset checkpoint; missing or malformed means "none" (the caller
+/// then uses the first segment's base offset, which only ever loses a DeleteRecords advance
+/// inside the first segment, never data).
+pub fn read_log_start_offset(dir: &Path) -> Result<Option<i64>, LogError> {
+    let text = match fs::read(dir.join(LOG_START_OFFSET_FILE)) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let parsed = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .filter(|offset| *offset >= 0);
+    if parsed.is_none() {
+        tracing::warn!(dir = %dir.display(), "log start offset checkpoint is malformed; using the first segment");
+    }
+    Ok(parsed)
+}
+
+/// Writes the log start offset atomically (temp, fsync, rename, fsync dir).
+pub fn write_log_start_offset(dir: &Path, log_start_offset: i64) -> Result<(), LogError> {
+    write_atomically(
+        dir,
+        LOG_START_OFFSET_FILE,
+        format!("{log_start_offset}\n").as_bytes(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_start_offset_round_trips_and_tolerates_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_log_start_offset(dir.path()).unwrap(), None);
+        write_log_start_offset(dir.path(), 17).unwrap();
+        assert_eq!(read_log_start_offset(dir.path()).unwrap(), Some(17));
+        assert!(!dir.path().join("log-start-offset.tmp").exists());
+        fs::write(dir.path().join(LOG_START_OFFSET_FILE), b"\xff\xfe").unwrap();
+        assert_eq!(read_log_start_offset(dir.path()).unwrap(), None);
+        fs::write(dir.path().join(LOG_START_OFFSET_FILE), b"-3\n").unwrap();
+        assert_eq!(read_log_start_offset(dir.path()).unwrap(), None);
+    }
 
     #[test]
     fn recovery_point_round_trips_and_tolerates_garbage() {

@@ -17,6 +17,7 @@ mod error;
 mod index;
 mod log;
 mod recovery;
+mod retention;
 mod segment;
 mod time_index;
 
@@ -24,8 +25,9 @@ mod time_index;
 pub mod testing;
 
 pub use batch::{validate_for_append, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
-pub use checkpoint::RECOVERY_POINT_FILE;
+pub use checkpoint::{LOG_START_OFFSET_FILE, RECOVERY_POINT_FILE};
 pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
 pub use recovery::RecoveryReport;
+pub use retention::{DeletedSegment, DeletionReason, PendingDeletion};

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::batch::{rewrite_header, validate_for_append, BatchHeader};
-use crate::checkpoint::{read_recovery_point, sync_dir, write_recovery_point};
+use crate::checkpoint::{
+    read_log_start_offset, read_recovery_point, sync_dir, write_recovery_point,
+};
 use crate::recovery::{load_segment, RecoveryReport};
 use crate::segment::{parse_log_file_name, Segment};
 use crate::LogError;
@@ -147,12 +149,17 @@ pub struct Log {
     /// Base offset of the newest segment file whose directory entry is not yet fsynced.
     unsynced_directory_base_offset: Option<i64>,
     recovery_report: RecoveryReport,
+    /// First offset readable; may sit inside the first segment after DeleteRecords. Never
+    /// below the first segment's base (see `log_start_offset()`), checkpointed in
+    /// `log-start-offset` when advanced.
+    log_start_offset: i64,
 }
 
 impl Log {
     /// Opens or creates the partition directory and recovers it (see crate docs).
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log, LogError> {
         fs::create_dir_all(dir)?;
+        crate::retention::remove_leftover_deleted_files(dir)?;
         let recovery_point = read_recovery_point(dir)?;
         let mut report = RecoveryReport::default();
         let mut segments = load_segments(dir, recovery_point, &config, &mut report)?;
@@ -168,7 +175,11 @@ impl Log {
             unsynced_rolled_segments: Vec::new(),
             unsynced_directory_base_offset: None,
             recovery_report: report,
+            log_start_offset: 0,
         };
+        log.log_start_offset = read_log_start_offset(dir)?
+            .unwrap_or(0)
+            .min(log.log_end_offset());
         log.finish_recovery(recovery_point)?;
         Ok(log)
     }
@@ -209,10 +220,13 @@ impl Log {
         &self.recovery_report
     }
 
+    /// First readable offset: the DeleteRecords start if it is inside the first segment,
+    /// else the first segment's base offset.
     pub fn log_start_offset(&self) -> i64 {
         self.segments
             .first()
             .map_or(0, |segment| segment.base_offset)
+            .max(self.log_start_offset)
     }
 
     /// The next offset to be assigned.
@@ -392,7 +406,8 @@ impl Log {
         max
     }
 
-    /// First offset whose record timestamp is >= `timestamp_ms`, and that timestamp.
+    /// First offset at or after the log start whose record timestamp is >= `timestamp_ms`,
+    /// and that timestamp.
     pub fn find_offset_by_timestamp(
         &self,
         timestamp_ms: i64,
@@ -404,7 +419,7 @@ impl Log {
             {
                 continue;
             }
-            if let Some(found) = find_in_segment(segment, timestamp_ms)? {
+            if let Some(found) = find_in_segment(segment, timestamp_ms, self.log_start_offset())? {
                 return Ok(Some(found));
             }
         }
@@ -469,6 +484,43 @@ impl Log {
         sync_dir(&self.dir)?;
         self.mark_synced(target.offset_end);
         self.checkpoint()
+    }
+
+    /// The segments, oldest first (retention decides over them).
+    pub(crate) fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Rolls to a new empty active segment at the log end, unless the active one is empty.
+    pub(crate) fn roll(&mut self) -> Result<(), LogError> {
+        let Some(active) = self.segments.last() else {
+            return Err(LogError::Io(std::io::Error::other("log has no segment")));
+        };
+        if active.is_empty() {
+            return Ok(());
+        }
+        let base_offset = active.next_offset;
+        let rolled = (active.next_offset, Arc::clone(&active.file));
+        let segment = Segment::create(&self.dir, base_offset)?;
+        tracing::debug!(dir = %self.dir.display(), segment = base_offset, "rolled to a new segment for retention");
+        self.unsynced_rolled_segments.push(rolled);
+        self.unsynced_directory_base_offset = Some(base_offset);
+        self.segments.push(segment);
+        Ok(())
+    }
+
+    /// Takes the `count` oldest segments out of the log (never the last one); the log start
+    /// moves up to the first remaining segment. The caller deletes their files.
+    pub(crate) fn take_leading_segments(&mut self, count: usize) -> Vec<Segment> {
+        let count = count.min(self.segments.len().saturating_sub(1));
+        let taken: Vec<Segment> = self.segments.drain(..count).collect();
+        self.log_start_offset = self.log_start_offset();
+        taken
+    }
+
+    /// Sets the in-memory log start offset (already checkpointed by the caller).
+    pub(crate) fn set_log_start_offset(&mut self, log_start_offset: i64) {
+        self.log_start_offset = log_start_offset;
     }
 
     /// Deletes the partition directory (topic deletion).
@@ -546,10 +598,12 @@ fn delete_segments(
 fn find_in_segment(
     segment: &Segment,
     timestamp_ms: i64,
+    min_offset: i64,
 ) -> Result<Option<TimestampOffset>, LogError> {
     let start_offset = segment
         .base_offset
-        .saturating_add(i64::from(segment.time_index.search_start(timestamp_ms)));
+        .saturating_add(i64::from(segment.time_index.search_start(timestamp_ms)))
+        .max(min_offset);
     let Some((mut position, _)) = segment.find_batch_ending_at_or_after(start_offset)? else {
         return Ok(None);
     };
@@ -557,7 +611,7 @@ fn find_in_segment(
         let header = segment.read_header_at(position)?;
         if header.max_timestamp >= timestamp_ms {
             let batch = segment.read_batch_at(position, &header)?;
-            if let Some(found) = find_in_batch(batch, &header, timestamp_ms)? {
+            if let Some(found) = find_in_batch(batch, &header, timestamp_ms, min_offset)? {
                 return Ok(Some(found));
             }
         }
@@ -571,12 +625,13 @@ fn find_in_batch(
     batch: Vec<u8>,
     header: &BatchHeader,
     timestamp_ms: i64,
+    min_offset: i64,
 ) -> Result<Option<TimestampOffset>, LogError> {
     if header.is_log_append_time() {
         // Every record carries the batch's maxTimestamp.
         return Ok(Some(TimestampOffset {
             timestamp: header.max_timestamp,
-            offset: header.base_offset,
+            offset: header.base_offset.max(min_offset),
         }));
     }
     let mut bytes = Bytes::from(batch);
@@ -600,7 +655,7 @@ fn find_in_batch(
     Ok(record_set
         .records
         .iter()
-        .find(|record| record.timestamp >= timestamp_ms)
+        .find(|record| record.timestamp >= timestamp_ms && record.offset >= min_offset)
         .map(|record| TimestampOffset {
             timestamp: record.timestamp,
             offset: record.offset,

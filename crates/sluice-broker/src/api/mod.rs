@@ -17,6 +17,7 @@ pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -62,6 +63,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
@@ -219,6 +221,10 @@ pub async fn dispatch(
             decode(&mut body, api_key, version)?,
         )?),
         ApiKey::OffsetDelete => now(offset_delete::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::DeleteRecords => now(delete_records::handle(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),
