@@ -216,6 +216,40 @@ impl ReplicaManager {
         Ok(record)
     }
 
+    /// Sets one topic config override (persisted) and applies it to the open partitions.
+    /// Returns false when the topic already had that value. Used at start-up to give an
+    /// internal topic created by an older version the configs it needs now.
+    pub fn ensure_topic_config(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, TopicError> {
+        let mut metadata = self.metadata.lock();
+        let Some(current) = self.topic(name) else {
+            return Err(TopicError::UnknownTopic(name.to_string()));
+        };
+        if current.record.configs.get(key).map(String::as_str) == Some(value) {
+            return Ok(false);
+        }
+        let mut record = current.record.clone();
+        record.configs.insert(key.to_string(), value.to_string());
+        validate_topic_configs(record.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| TopicError::InvalidConfig(e.to_string()))?;
+        metadata.put_topic(record.clone())?;
+        let settings = TopicSettings::resolve(&record.configs, &self.config);
+        for partition in &current.partitions {
+            partition.set_settings(settings.clone());
+        }
+        let partitions = current.partitions.clone();
+        self.topics.write().insert(
+            record.name.clone(),
+            Arc::new(TopicState { record, partitions }),
+        );
+        tracing::info!(topic = name, key, value, "set topic config");
+        Ok(true)
+    }
+
     /// Grows a topic to `count` partitions.
     pub fn create_partitions(
         &self,

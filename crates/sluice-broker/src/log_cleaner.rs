@@ -1,0 +1,147 @@
+//! The background log cleaner (Kafka's LogCleaner thread, reduced to one task).
+//!
+//! Every `log.cleaner.backoff.ms` it looks at every partition whose topic has
+//! `cleanup.policy` containing `compact`, picks those that need cleaning (dirty ratio >=
+//! `min.cleanable.dirty.ratio`, a dirty record older than `max.compaction.lag.ms`, or a
+//! tombstone delete horizon that has passed), dirtiest first, and compacts each in
+//! `spawn_blocking`. The log mutex is held only for the snapshot and the final swap; the
+//! reading and rewriting happen on immutable rolled segment files (see
+//! `sluice_log::cleaner`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_log::cleaner::{clean, DEFAULT_OFFSET_MAP_BYTES};
+use sluice_log::LogError;
+
+use crate::partition::Partition;
+use crate::replica_manager::ReplicaManager;
+
+/// Per partition: the earliest delete horizon of tombstones left by the last clean, so the
+/// partition is cleaned again when it passes even with no new dirty data.
+type PendingHorizons = HashMap<(Arc<str>, i32), i64>;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Runs until shutdown when `log.cleaner.enable` is true.
+pub async fn run_log_cleaner(
+    replicas: Arc<ReplicaManager>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if !replicas.config().log_cleaner_enable() {
+        tracing::info!("log cleaner disabled (log.cleaner.enable=false)");
+        return;
+    }
+    let backoff = Duration::from_millis(replicas.config().log_cleaner_backoff_ms().max(1));
+    let mut horizons = PendingHorizons::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = crate::server::stopped(&mut shutdown) => return,
+        }
+        let manager = Arc::clone(&replicas);
+        let taken = std::mem::take(&mut horizons);
+        match tokio::task::spawn_blocking(move || clean_round(&manager, taken, now_ms())).await {
+            Ok(left) => horizons = left,
+            Err(error) => tracing::error!(%error, "log cleaner round panicked"),
+        }
+    }
+}
+
+/// One round: cleans every partition that needs it, dirtiest first. Returns the pending
+/// tombstone horizons for the next round.
+pub fn clean_round(
+    replicas: &ReplicaManager,
+    mut horizons: PendingHorizons,
+    now_ms: i64,
+) -> PendingHorizons {
+    let mut candidates: Vec<(f64, Arc<Partition>)> = Vec::new();
+    for topic in replicas.all_topics() {
+        for partition in &topic.partitions {
+            if !partition.settings().log.cleanup_compact {
+                continue;
+            }
+            let key = (Arc::clone(&partition.topic), partition.index);
+            let pending = horizons.get(&key).copied();
+            match dirtiness(partition, now_ms, pending) {
+                Ok(Some(ratio)) => candidates.push((ratio, Arc::clone(partition))),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, %error, "cannot inspect log for cleaning")
+                }
+            }
+        }
+    }
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (ratio, partition) in candidates {
+        let key = (Arc::clone(&partition.topic), partition.index);
+        match clean_partition(&partition, now_ms, ratio) {
+            Ok(Some(horizon)) => {
+                horizons.insert(key, horizon);
+            }
+            Ok(None) => {
+                horizons.remove(&key);
+            }
+            Err(error) => {
+                tracing::error!(topic = %partition.topic, partition = partition.index, %error, "cleaning failed; will retry")
+            }
+        }
+    }
+    horizons
+}
+
+/// The dirty ratio of a partition that should be cleaned now (1.0+ when forced by a passed
+/// tombstone horizon or the max compaction lag), None when it need not be.
+fn dirtiness(
+    partition: &Partition,
+    now_ms: i64,
+    pending_horizon_ms: Option<i64>,
+) -> Result<Option<f64>, LogError> {
+    let snapshot = partition.cleanable_snapshot()?;
+    let stats = snapshot.dirty_stats(now_ms)?;
+    if !snapshot.should_clean(&stats, now_ms, pending_horizon_ms) {
+        return Ok(None);
+    }
+    Ok(Some(stats.dirty_ratio()))
+}
+
+/// Cleans one partition; returns the earliest tombstone horizon left in it.
+fn clean_partition(
+    partition: &Partition,
+    now_ms: i64,
+    dirty_ratio: f64,
+) -> Result<Option<i64>, LogError> {
+    let snapshot = partition.cleanable_snapshot()?;
+    let started = std::time::Instant::now();
+    let Some(cleaned) = clean(&snapshot, now_ms, DEFAULT_OFFSET_MAP_BYTES)? else {
+        return Ok(None);
+    };
+    let horizon = cleaned.next_delete_horizon_ms;
+    let segments_read = cleaned.segments_read;
+    let keys = cleaned.keys_mapped;
+    let cleaned_up_to_offset = cleaned.cleaned_up_to_offset;
+    let summary = partition.install_cleaned(cleaned)?;
+    tracing::info!(
+        topic = %partition.topic,
+        partition = partition.index,
+        dirty_ratio,
+        segments_read,
+        segments_replaced = summary.segments_replaced,
+        segments_skipped = summary.segments_skipped,
+        bytes_before = summary.bytes_before,
+        bytes_after = summary.bytes_after,
+        records_removed = summary.records_removed,
+        keys,
+        cleaned_up_to_offset,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compacted log"
+    );
+    Ok(horizon)
+}
