@@ -382,6 +382,37 @@ fn build_offset_map(
     Ok(end)
 }
 
+/// Producer id -> base offset of its last batch in the snapshot (header reads only).
+fn last_batch_of_each_producer(
+    snapshot: &CleanableSnapshot,
+) -> Result<HashMap<i64, i64>, LogError> {
+    let mut last = HashMap::new();
+    for segment in &snapshot.segments {
+        let mut position = 0u32;
+        while position < segment.size_bytes {
+            let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
+            segment
+                .file
+                .read_exact_at(&mut header_bytes, u64::from(position))?;
+            let header = BatchHeader::parse(&header_bytes)?;
+            if header.producer_id >= 0 {
+                last.insert(header.producer_id, header.base_offset);
+            }
+            position = u32::try_from(header.total_size())
+                .ok()
+                .and_then(|size| position.checked_add(size))
+                .filter(|end| *end <= segment.size_bytes)
+                .ok_or_else(|| {
+                    LogError::CorruptBatch(format!(
+                        "segment {}: batch at {position} runs past the end",
+                        segment.base_offset
+                    ))
+                })?;
+        }
+    }
+    Ok(last)
+}
+
 /// What happened to one batch.
 enum BatchOutcome {
     Unchanged,
@@ -402,6 +433,7 @@ fn clean_batch(
     now_ms: i64,
     delete_retention_ms: i64,
     next_horizon_ms: &mut Option<i64>,
+    last_batch_of_producer: &HashMap<i64, i64>,
 ) -> Result<BatchOutcome, LogError> {
     if header.attributes & ATTRIBUTE_CONTROL != 0 {
         return Ok(BatchOutcome::Unchanged);
@@ -428,7 +460,16 @@ fn clean_batch(
         .collect();
     let removed = (records.len() - retained.len()) as u64;
     if retained.is_empty() {
-        return Ok(BatchOutcome::Dropped { records: removed });
+        // Kafka keeps an emptied batch when it is its producer's last one, so the producer's
+        // last sequence and epoch can still be rebuilt from the log (idempotence).
+        let keep_for_producer = header.producer_id >= 0
+            && last_batch_of_producer.get(&header.producer_id) == Some(&header.base_offset);
+        if !keep_for_producer {
+            return Ok(BatchOutcome::Dropped { records: removed });
+        }
+        if removed == 0 {
+            return Ok(BatchOutcome::Unchanged);
+        }
     }
     let has_tombstones = retained.iter().any(|record| record.value_is_null);
     if has_tombstones {
@@ -470,6 +511,7 @@ fn clean_segment(
     map: &OffsetMap,
     now_ms: i64,
     next_horizon_ms: &mut Option<i64>,
+    last_batch_of_producer: &HashMap<i64, i64>,
 ) -> Result<Option<CleanedSegment>, LogError> {
     let mut kept: Vec<(BatchHeader, Vec<u8>)> = Vec::new();
     let mut changed = false;
@@ -483,6 +525,7 @@ fn clean_segment(
             now_ms,
             snapshot.config.delete_retention_ms,
             next_horizon_ms,
+            last_batch_of_producer,
         )? {
             BatchOutcome::Unchanged => kept.push((header, bytes)),
             BatchOutcome::Dropped { records } => {
@@ -538,6 +581,7 @@ pub fn clean(
     }
     let mut map = OffsetMap::new(offset_map_bytes);
     let map_end = build_offset_map(snapshot, &mut map, end)?;
+    let last_batch_of_producer = last_batch_of_each_producer(snapshot)?;
     let mut cleaned_segments = Vec::new();
     let mut next_delete_horizon_ms = None;
     let mut segments_read = 0;
@@ -547,9 +591,14 @@ pub fn clean(
                 break;
             }
             segments_read += 1;
-            if let Some(cleaned) =
-                clean_segment(snapshot, segment, &map, now_ms, &mut next_delete_horizon_ms)?
-            {
+            if let Some(cleaned) = clean_segment(
+                snapshot,
+                segment,
+                &map,
+                now_ms,
+                &mut next_delete_horizon_ms,
+                &last_batch_of_producer,
+            )? {
                 cleaned_segments.push(cleaned);
             }
         }

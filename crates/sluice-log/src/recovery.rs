@@ -238,7 +238,7 @@ fn check_batch_at(
         return Ok(Err("batch would push the segment past 4 GiB".to_string()));
     };
     // Below the recovery point the cleaner may have removed batches (a forward gap) and
-    // records inside batches (fewer records than lastOffsetDelta + 1); above it, appends are
+    // records inside batches (fewer records than lastOffsetDelta + 1, even none); above it, appends are
     // contiguous and whole.
     let cleaned_region = header.last_offset() < recovery_point;
     let follows = header.base_offset == segment.next_offset
@@ -250,7 +250,8 @@ fn check_batch_at(
         )));
     }
     let counts_ok = if cleaned_region {
-        header.records_count >= 1 && header.records_count - 1 <= header.last_offset_delta
+        // Zero records: a producer's last batch, emptied but kept for its sequence state.
+        header.records_count >= 0 && header.records_count - 1 <= header.last_offset_delta
     } else {
         header.verify_counts().is_ok()
     };

@@ -474,3 +474,68 @@ mod properties {
         }
     }
 }
+
+/// `batch` as if written by idempotent producer `producer_id` (epoch 0, sequence 0).
+fn from_producer(mut batch: Vec<u8>, producer_id: i64) -> Vec<u8> {
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&0i16.to_be_bytes());
+    batch[53..57].copy_from_slice(&0i32.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[crate::batch::CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+#[test]
+fn a_producers_last_batch_is_kept_empty_and_earlier_ones_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), compact_config()).unwrap();
+    let produced = |key: &str, value: &str, producer_id: i64| {
+        from_producer(
+            keyed_batch(&[(Some(key), Some(value))], 100, TestCompression::None),
+            producer_id,
+        )
+    };
+    log.append(&mut produced("a", "1", 5), 1, 0).unwrap();
+    log.append(&mut produced("b", "1", 6), 1, 0).unwrap();
+    log.append(&mut produced("b", "2", 6), 1, 0).unwrap();
+    append(&mut log, &[(Some("a"), Some("2"))], TestCompression::None);
+    append(&mut log, &[(Some("b"), Some("3"))], TestCompression::None);
+    append(
+        &mut log,
+        &[(Some("z"), Some("active"))],
+        TestCompression::None,
+    );
+    let (summary, _) = run_clean(&mut log, 1_000, DEFAULT_OFFSET_MAP_BYTES).unwrap();
+    assert_eq!(summary.records_removed, 3);
+    // Producer 5's only batch and producer 6's last batch stay, empty; 6's first one goes.
+    let kept = BatchHeader::parse(&crate::testing::read_first_batch(&log, 0)).unwrap();
+    assert_eq!(
+        (kept.base_offset, kept.records_count, kept.producer_id),
+        (0, 0, 5)
+    );
+    let next = BatchHeader::parse(&crate::testing::read_first_batch(&log, 1)).unwrap();
+    assert_eq!(
+        (next.base_offset, next.records_count, next.producer_id),
+        (2, 0, 6)
+    );
+    let expected = vec![
+        (3, Some("a".into()), Some("2".into())),
+        (4, Some("b".into()), Some("3".into())),
+        (5, Some("z".into()), Some("active".into())),
+    ];
+    assert_eq!(read_all_records(&log), expected);
+    // Cleaning again changes nothing (the empty batches are stable), and they reopen.
+    let (again, _) = run_clean(&mut log, 1_000, DEFAULT_OFFSET_MAP_BYTES).unwrap();
+    assert_eq!(again.segments_replaced, 0);
+    drop(log);
+    for entry in fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "index") {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    let log = Log::open(dir.path(), compact_config()).unwrap();
+    assert_eq!(log.recovery_report().segments_deleted, 0);
+    assert_eq!(log.recovery_report().bytes_truncated, 0);
+    assert_eq!(read_all_records(&log), expected);
+}
