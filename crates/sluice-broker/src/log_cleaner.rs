@@ -18,9 +18,21 @@ use sluice_log::LogError;
 use crate::partition::Partition;
 use crate::replica_manager::ReplicaManager;
 
-/// Per partition: the earliest delete horizon of tombstones left by the last clean, so the
-/// partition is cleaned again when it passes even with no new dirty data.
-type PendingHorizons = HashMap<(Arc<str>, i32), i64>;
+type PartitionKey = (Arc<str>, i32);
+
+/// How long a partition whose cleaning failed (e.g. an undecodable batch) is left alone, so a
+/// bad log does not fill the logs every round (Kafka marks such partitions uncleanable).
+pub const FAILED_CLEAN_BACKOFF_MS: i64 = 10 * 60 * 1000;
+
+/// What the cleaner remembers between rounds.
+#[derive(Debug, Default)]
+pub struct CleanerState {
+    /// Per partition: the earliest delete horizon of tombstones left by the last clean, so
+    /// the partition is cleaned again when it passes even with no new dirty data.
+    pending_horizons_ms: HashMap<PartitionKey, i64>,
+    /// Partitions whose last clean failed, and when to try again.
+    retry_after_ms: HashMap<PartitionKey, i64>,
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -40,28 +52,28 @@ pub async fn run_log_cleaner(
         return;
     }
     let backoff = Duration::from_millis(replicas.config().log_cleaner_backoff_ms().max(1));
-    let mut horizons = PendingHorizons::new();
+    let mut state = CleanerState::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = crate::server::stopped(&mut shutdown) => return,
         }
         let manager = Arc::clone(&replicas);
-        let taken = std::mem::take(&mut horizons);
+        let taken = std::mem::take(&mut state);
         match tokio::task::spawn_blocking(move || clean_round(&manager, taken, now_ms())).await {
-            Ok(left) => horizons = left,
+            Ok(left) => state = left,
             Err(error) => tracing::error!(%error, "log cleaner round panicked"),
         }
     }
 }
 
-/// One round: cleans every partition that needs it, dirtiest first. Returns the pending
-/// tombstone horizons for the next round.
+/// One round: cleans every partition that needs it, dirtiest first. Returns what the next
+/// round needs to know.
 pub fn clean_round(
     replicas: &ReplicaManager,
-    mut horizons: PendingHorizons,
+    mut state: CleanerState,
     now_ms: i64,
-) -> PendingHorizons {
+) -> CleanerState {
     let mut candidates: Vec<(f64, Arc<Partition>)> = Vec::new();
     for topic in replicas.all_topics() {
         for partition in &topic.partitions {
@@ -69,7 +81,14 @@ pub fn clean_round(
                 continue;
             }
             let key = (Arc::clone(&partition.topic), partition.index);
-            let pending = horizons.get(&key).copied();
+            if state
+                .retry_after_ms
+                .get(&key)
+                .is_some_and(|retry_after| *retry_after > now_ms)
+            {
+                continue;
+            }
+            let pending = state.pending_horizons_ms.get(&key).copied();
             match dirtiness(partition, now_ms, pending) {
                 Ok(Some(ratio)) => candidates.push((ratio, Arc::clone(partition))),
                 Ok(None) => {}
@@ -83,18 +102,21 @@ pub fn clean_round(
     for (ratio, partition) in candidates {
         let key = (Arc::clone(&partition.topic), partition.index);
         match clean_partition(&partition, now_ms, ratio) {
-            Ok(Some(horizon)) => {
-                horizons.insert(key, horizon);
-            }
-            Ok(None) => {
-                horizons.remove(&key);
+            Ok(horizon) => {
+                state.retry_after_ms.remove(&key);
+                match horizon {
+                    Some(horizon) => state.pending_horizons_ms.insert(key, horizon),
+                    None => state.pending_horizons_ms.remove(&key),
+                };
             }
             Err(error) => {
-                tracing::error!(topic = %partition.topic, partition = partition.index, %error, "cleaning failed; will retry")
+                let retry_after_ms = now_ms.saturating_add(FAILED_CLEAN_BACKOFF_MS);
+                tracing::error!(topic = %partition.topic, partition = partition.index, %error, retry_after_ms, "cleaning failed; leaving the partition alone for a while");
+                state.retry_after_ms.insert(key, retry_after_ms);
             }
         }
     }
-    horizons
+    state
 }
 
 /// The dirty ratio of a partition that should be cleaned now (1.0+ when forced by a passed
@@ -189,8 +211,12 @@ mod tests {
         let replicas = open(dir.path());
         let compacted = fill(&replicas, "compacted", "compact");
         let deleted = fill(&replicas, "deleted", "delete");
-        let horizons = clean_round(&replicas, PendingHorizons::new(), 1_000);
-        assert!(horizons.is_empty(), "no tombstones were written");
+        let state = clean_round(&replicas, CleanerState::default(), 1_000);
+        assert!(
+            state.pending_horizons_ms.is_empty(),
+            "no tombstones were written"
+        );
+        assert!(state.retry_after_ms.is_empty(), "nothing failed");
         // Reads like a consumer: fetch from the log start, batch after batch.
         let records = |partition: &Partition| {
             let mut out = Vec::new();
@@ -216,8 +242,34 @@ mod tests {
         );
         assert_eq!(records(&deleted).len(), 4);
         // A second round finds nothing dirty and changes nothing.
-        clean_round(&replicas, PendingHorizons::new(), 1_000);
+        clean_round(&replicas, state, 1_000);
         assert_eq!(records(&compacted).len(), 2);
+        replicas.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_that_fails_to_clean_is_left_alone_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let replicas = open(dir.path());
+        let partition = fill(&replicas, "broken", "compact");
+        // Garble the records (not the header) of the first rolled segment: the cleaner
+        // cannot parse it, and must neither panic nor retry every round.
+        let snapshot = partition.cleanable_snapshot().unwrap();
+        let segment = &snapshot.segments[0];
+        std::os::unix::fs::FileExt::write_all_at(&*segment.file, &[0x7f; 4], 61).unwrap();
+        let state = clean_round(&replicas, CleanerState::default(), 1_000);
+        let key: PartitionKey = (Arc::from("broken"), 0);
+        assert_eq!(
+            state.retry_after_ms.get(&key),
+            Some(&(1_000 + FAILED_CLEAN_BACKOFF_MS))
+        );
+        let state = clean_round(&replicas, state, 2_000);
+        assert_eq!(
+            state.retry_after_ms.get(&key),
+            Some(&(1_000 + FAILED_CLEAN_BACKOFF_MS)),
+            "not retried before the backoff"
+        );
+        assert_eq!(partition.log_end_offset(), 4, "the log is untouched");
         replicas.shutdown();
     }
 }
