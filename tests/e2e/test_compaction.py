@@ -15,11 +15,12 @@ CLEANER_SETTINGS = {
 }
 
 
-def produce_keyed(bootstrap, topic, pairs):
-    """Produce (key, value) pairs one by one (value None = tombstone) and return the offset
-    each got, in order."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
-                         "enable.idempotence": False})
+def produce_keyed(bootstrap, topic, pairs, batched=False, **conf):
+    """Produce (key, value) pairs (value None = tombstone), one batch each unless `batched`,
+    and return the offset each got, in order."""
+    producer = Producer(dict({"bootstrap.servers": bootstrap, "acks": "all",
+                              "linger.ms": 50 if batched else 0,
+                              "enable.idempotence": False}, **conf))
     offsets = [None] * len(pairs)
 
     def on_delivery(index):
@@ -30,7 +31,9 @@ def produce_keyed(bootstrap, topic, pairs):
 
     for i, (key, value) in enumerate(pairs):
         producer.produce(topic, key=key, value=value, partition=0, on_delivery=on_delivery(i))
-        producer.flush(30)
+        if not batched:
+            producer.flush(30)
+    producer.flush(30)
     assert all(o is not None for o in offsets)
     return offsets
 
@@ -109,6 +112,28 @@ def test_compaction_keeps_last_value_per_key_at_its_offset(make_broker):
     # Compaction survives a restart (offset gaps included).
     b.restart()
     assert read_partition(b.bootstrap, topic) == all_records
+    b.assert_alive()
+
+
+def test_compressed_multi_record_batches_are_compacted_in_their_codec(make_broker):
+    b = make_broker(settings=CLEANER_SETTINGS)
+    topic = unique_topic("compact-zstd")
+    create_topic(b.bootstrap, topic, 1, config={
+        "cleanup.policy": "compact", "segment.bytes": "2048",
+        "min.cleanable.dirty.ratio": "0.01"})
+    pairs = [(f"k{i % 7}".encode(), f"value-{i}".encode() * 5) for i in range(400)]
+    offsets = produce_keyed(b.bootstrap, topic, pairs, batched=True, **{"compression.type": "zstd"})
+    produce_keyed(b.bootstrap, topic, [(b"filler", b"z" * 1500)] * 3)
+    last = {}
+    for (key, value), offset in zip(pairs, offsets):
+        last[key] = (offset, value)
+
+    def compacted():
+        records = [r for r in read_partition(b.bootstrap, topic) if r[1] != b"filler"]
+        return len(records) == len(last), records
+
+    records = wait_for(compacted, "the cleaner to compact zstd batches")
+    assert sorted(records) == sorted((o, k, v) for k, (o, v) in last.items())
     b.assert_alive()
 
 
