@@ -623,6 +623,101 @@ pub fn clean(
     }))
 }
 
+/// The cleaner's two steps that need the log (under the broker's lock); the fields stay
+/// private to `log.rs`, these go through its crate-internal accessors.
+impl crate::Log {
+    /// The rolled segments wholly below the recovery point, for the cleaner to read without
+    /// the lock (see `cleaner`). Cheap: clones `Arc<File>`s and reads the cleaner checkpoint.
+    pub fn cleanable_snapshot(&self) -> Result<CleanableSnapshot, LogError> {
+        let active_base_offset = self.log_end_offset();
+        let mut segments = Vec::new();
+        let mut end_offset = self
+            .segments()
+            .last()
+            .map_or(active_base_offset, |active| active.base_offset);
+        for (i, segment) in self.segments().iter().enumerate() {
+            let next_base_offset = self.segments().get(i + 1).map(|next| next.base_offset);
+            // Cleanable: rolled (not last) and fully below the recovery point (fsynced).
+            let Some(next_base_offset) = next_base_offset else {
+                break;
+            };
+            if next_base_offset > self.recovery_point() {
+                end_offset = segment.base_offset;
+                break;
+            }
+            segments.push(SegmentSnapshot {
+                base_offset: segment.base_offset,
+                file: Arc::clone(&segment.file),
+                size_bytes: segment.size_bytes,
+                next_offset: segment.next_offset,
+                max_timestamp_ms: segment.max_timestamp.map(|max| max.timestamp),
+            });
+        }
+        let first_dirty_offset = read_cleaner_checkpoint(self.dir())?.max(self.log_start_offset());
+        Ok(CleanableSnapshot {
+            dir: self.dir().to_path_buf(),
+            config: self.config().clone(),
+            segments,
+            end_offset,
+            first_dirty_offset,
+        })
+    }
+
+    /// Swaps cleaned segments in (see `cleaner`): each one only if the segment it was made
+    /// from is still in the log, unchanged; otherwise its `.cleaned` file is discarded. Index
+    /// files are removed before the rename so a crash in between rebuilds them from the log.
+    pub fn install_cleaned(&mut self, cleaned: CleanedLog) -> Result<CleanSummary, LogError> {
+        let mut summary = CleanSummary::default();
+        for cleaned_segment in cleaned.segments {
+            let base_offset = cleaned_segment.original.base_offset;
+            let cleaned_file = cleaned_path(self.dir(), base_offset);
+            let position = self.segments().iter().position(|segment| {
+                segment.base_offset == base_offset
+                    && Arc::ptr_eq(&segment.file, &cleaned_segment.original.file)
+                    && segment.size_bytes == cleaned_segment.original.size_bytes
+            });
+            let is_active = position.is_some_and(|i| i + 1 == self.segments().len());
+            let Some(position) = position.filter(|_| !is_active) else {
+                tracing::info!(dir = %self.dir().display(), segment = base_offset, "segment changed while it was cleaned; discarding the cleaned copy");
+                fs::remove_file(&cleaned_file)?;
+                summary.segments_skipped += 1;
+                continue;
+            };
+            summary.segments_replaced += 1;
+            summary.bytes_before += cleaned_segment.bytes_before;
+            summary.bytes_after += cleaned_segment.bytes_after;
+            summary.records_removed += cleaned_segment.records_removed;
+            for suffix in [
+                crate::segment::INDEX_SUFFIX,
+                crate::segment::TIME_INDEX_SUFFIX,
+            ] {
+                match fs::remove_file(
+                    self.dir()
+                        .join(crate::segment::file_name(base_offset, suffix)),
+                ) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            fs::rename(
+                &cleaned_file,
+                self.dir().join(crate::segment::file_name(
+                    base_offset,
+                    crate::segment::LOG_SUFFIX,
+                )),
+            )?;
+            sync_dir(self.dir())?;
+            let mut segment = cleaned_segment.into_segment();
+            segment.indexes_dirty = true;
+            segment.write_indexes()?;
+            self.segments_mut()[position] = segment;
+        }
+        write_cleaner_checkpoint(self.dir(), cleaned.cleaned_up_to_offset)?;
+        Ok(summary)
+    }
+}
+
 impl CleanedSegment {
     /// The new segment (for [`Log::install_cleaned`](crate::Log::install_cleaned)).
     pub(crate) fn into_segment(self) -> Segment {

@@ -476,99 +476,14 @@ impl Log {
         self.checkpoint()
     }
 
-    /// The rolled segments wholly below the recovery point, for the cleaner to read without
-    /// the lock (see `cleaner`). Cheap: clones `Arc<File>`s and reads the cleaner checkpoint.
-    pub fn cleanable_snapshot(&self) -> Result<crate::cleaner::CleanableSnapshot, LogError> {
-        let active_base_offset = self.log_end_offset();
-        let mut segments = Vec::new();
-        let mut end_offset = self
-            .segments
-            .last()
-            .map_or(active_base_offset, |active| active.base_offset);
-        for (i, segment) in self.segments.iter().enumerate() {
-            let next_base_offset = self.segments.get(i + 1).map(|next| next.base_offset);
-            // Cleanable: rolled (not last) and fully below the recovery point (fsynced).
-            let Some(next_base_offset) = next_base_offset else {
-                break;
-            };
-            if next_base_offset > self.recovery_point {
-                end_offset = segment.base_offset;
-                break;
-            }
-            segments.push(crate::cleaner::SegmentSnapshot {
-                base_offset: segment.base_offset,
-                file: Arc::clone(&segment.file),
-                size_bytes: segment.size_bytes,
-                next_offset: segment.next_offset,
-                max_timestamp_ms: segment.max_timestamp.map(|max| max.timestamp),
-            });
-        }
-        let first_dirty_offset =
-            crate::cleaner::read_cleaner_checkpoint(&self.dir)?.max(self.log_start_offset());
-        Ok(crate::cleaner::CleanableSnapshot {
-            dir: self.dir.clone(),
-            config: self.config.clone(),
-            segments,
-            end_offset,
-            first_dirty_offset,
-        })
+    /// The segments, for the cleaner (`cleaner.rs` implements its `Log` methods there).
+    pub(crate) fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 
-    /// Swaps cleaned segments in (see `cleaner`): each one only if the segment it was made
-    /// from is still in the log, unchanged; otherwise its `.cleaned` file is discarded. Index
-    /// files are removed before the rename so a crash in between rebuilds them from the log.
-    pub fn install_cleaned(
-        &mut self,
-        cleaned: crate::cleaner::CleanedLog,
-    ) -> Result<crate::cleaner::CleanSummary, LogError> {
-        let mut summary = crate::cleaner::CleanSummary::default();
-        for cleaned_segment in cleaned.segments {
-            let base_offset = cleaned_segment.original.base_offset;
-            let cleaned_file = crate::cleaner::cleaned_path(&self.dir, base_offset);
-            let position = self.segments.iter().position(|segment| {
-                segment.base_offset == base_offset
-                    && Arc::ptr_eq(&segment.file, &cleaned_segment.original.file)
-                    && segment.size_bytes == cleaned_segment.original.size_bytes
-            });
-            let is_active = position.is_some_and(|i| i + 1 == self.segments.len());
-            let Some(position) = position.filter(|_| !is_active) else {
-                tracing::info!(dir = %self.dir.display(), segment = base_offset, "segment changed while it was cleaned; discarding the cleaned copy");
-                fs::remove_file(&cleaned_file)?;
-                summary.segments_skipped += 1;
-                continue;
-            };
-            summary.segments_replaced += 1;
-            summary.bytes_before += cleaned_segment.bytes_before;
-            summary.bytes_after += cleaned_segment.bytes_after;
-            summary.records_removed += cleaned_segment.records_removed;
-            for suffix in [
-                crate::segment::INDEX_SUFFIX,
-                crate::segment::TIME_INDEX_SUFFIX,
-            ] {
-                match fs::remove_file(
-                    self.dir
-                        .join(crate::segment::file_name(base_offset, suffix)),
-                ) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(error.into()),
-                }
-            }
-            fs::rename(
-                &cleaned_file,
-                self.dir.join(crate::segment::file_name(
-                    base_offset,
-                    crate::segment::LOG_SUFFIX,
-                )),
-            )?;
-            sync_dir(&self.dir)?;
-            let mut segment = cleaned_segment.into_segment();
-            segment.indexes_dirty = true;
-            segment.write_indexes()?;
-            self.segments[position] = segment;
-        }
-        crate::cleaner::write_cleaner_checkpoint(&self.dir, cleaned.cleaned_up_to_offset)?;
-        Ok(summary)
+    /// The segments, for the cleaner to swap a cleaned one in.
+    pub(crate) fn segments_mut(&mut self) -> &mut [Segment] {
+        &mut self.segments
     }
 
     /// Deletes the partition directory (topic deletion).
