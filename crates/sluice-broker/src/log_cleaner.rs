@@ -272,4 +272,45 @@ mod tests {
         assert_eq!(partition.log_end_offset(), 4, "the log is untouched");
         replicas.shutdown();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_offsets_topic_from_an_older_version_becomes_compacted_and_stays_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig::from_pairs([
+            ("log.dirs", dir.path().display().to_string()),
+            ("offsets.topic.num.partitions", "1".to_string()),
+        ])
+        .unwrap();
+        let replicas = ReplicaManager::open(config.clone()).unwrap();
+        replicas
+            .create_topic(
+                &NewTopic {
+                    name: crate::group::OFFSETS_TOPIC,
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: vec![("segment.bytes", "104857600")],
+                },
+                false,
+            )
+            .unwrap();
+        let is_compacted = |replicas: &ReplicaManager| {
+            let topic = replicas.topic(crate::group::OFFSETS_TOPIC).unwrap();
+            let policy = topic.record.configs.get("cleanup.policy").cloned();
+            let settings = topic.partitions[0].settings();
+            (
+                policy,
+                settings.log.cleanup_compact,
+                settings.log.cleanup_delete,
+            )
+        };
+        assert_eq!(is_compacted(&replicas), (None, false, true));
+        crate::group::GroupCoordinator::open(Arc::clone(&replicas), &config).unwrap();
+        let expected = (Some("compact".to_string()), true, false);
+        assert_eq!(is_compacted(&replicas), expected);
+        replicas.shutdown();
+        drop(replicas);
+        let reopened = ReplicaManager::open(config).unwrap();
+        assert_eq!(is_compacted(&reopened), expected, "persisted");
+        reopened.shutdown();
+    }
 }
