@@ -208,3 +208,48 @@ def test_consumer_offsets_is_compacted_and_commits_survive_restart(make_broker):
     finally:
         check.close()
     b.assert_alive()
+
+
+def test_deleted_group_stays_deleted_after_compaction_and_restart(make_broker):
+    from confluent_kafka.admin import AdminClient
+
+    b = make_broker(settings=dict(CLEANER_SETTINGS, **{
+        "offsets.topic.num.partitions": "1", "log.roll.ms": "300"}))
+    topic = unique_topic("deleted")
+    create_topic(b.bootstrap, topic, 1)
+    doomed, kept = unique_topic("doomed"), unique_topic("kept")
+    for group in (doomed, kept):
+        consumer = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group,
+                             "enable.auto.commit": False})
+        try:
+            for i in range(1, 30):
+                consumer.commit(offsets=[TopicPartition(topic, 0, i)], asynchronous=False)
+                time.sleep(0.01)
+        finally:
+            consumer.close()
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    admin.delete_consumer_groups([doomed], request_timeout=15)[doomed].result(15)
+    # Roll the tombstones into a cleanable segment with one more commit later on.
+    time.sleep(0.5)
+    other = Consumer({"bootstrap.servers": b.bootstrap, "group.id": kept + "-x",
+                      "enable.auto.commit": False})
+    try:
+        other.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    finally:
+        other.close()
+
+    def compacted():
+        records = read_partition(b.bootstrap, "__consumer_offsets")
+        return len(records) < 20, len(records)
+
+    wait_for(compacted, "__consumer_offsets to be compacted")
+    b.restart()
+    for group, expected in ((doomed, -1001), (kept, 29)):
+        check = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group,
+                          "enable.auto.commit": False})
+        try:
+            committed = check.committed([TopicPartition(topic, 0)], timeout=15)
+            assert committed[0].offset == expected, (group, committed[0])
+        finally:
+            check.close()
+    b.assert_alive()
