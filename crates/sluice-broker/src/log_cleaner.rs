@@ -157,6 +157,7 @@ fn clean_partition(
         segments_read,
         segments_replaced = summary.segments_replaced,
         segments_skipped = summary.segments_skipped,
+        segments_deleted = summary.segments_deleted,
         bytes_before = summary.bytes_before,
         bytes_after = summary.bytes_after,
         records_removed = summary.records_removed,

@@ -128,6 +128,8 @@ pub struct CleanedLog {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CleanSummary {
     pub segments_replaced: usize,
+    /// Segments (not the first) the clean left empty, deleted.
+    pub segments_deleted: usize,
     /// Segments whose cleaned copy was discarded because the log changed meanwhile.
     pub segments_skipped: usize,
     pub bytes_before: u64,
@@ -687,6 +689,16 @@ impl crate::Log {
             summary.bytes_before += cleaned_segment.bytes_before;
             summary.bytes_after += cleaned_segment.bytes_after;
             summary.records_removed += cleaned_segment.records_removed;
+            if cleaned_segment.bytes_after == 0 && position > 0 {
+                // Nothing left: drop the segment instead of keeping an empty file (the gap
+                // is below the recovery point). The first one stays: it holds the log start.
+                fs::remove_file(&cleaned_file)?;
+                Segment::delete_files(self.dir(), base_offset)?;
+                sync_dir(self.dir())?;
+                self.segments_mut().remove(position);
+                summary.segments_deleted += 1;
+                continue;
+            }
             for suffix in [
                 crate::segment::INDEX_SUFFIX,
                 crate::segment::TIME_INDEX_SUFFIX,

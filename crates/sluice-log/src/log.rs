@@ -481,8 +481,8 @@ impl Log {
         &self.segments
     }
 
-    /// The segments, for the cleaner to swap a cleaned one in.
-    pub(crate) fn segments_mut(&mut self) -> &mut [Segment] {
+    /// The segments, for the cleaner to swap a cleaned one in (or drop an emptied one).
+    pub(crate) fn segments_mut(&mut self) -> &mut Vec<Segment> {
         &mut self.segments
     }
 

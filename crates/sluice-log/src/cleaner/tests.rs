@@ -68,8 +68,12 @@ fn keeps_the_last_value_per_key_with_original_offsets_and_leaves_the_active_segm
     let active_bytes = crate::testing::read_first_batch(&log, active_base);
     let before = read_all_records(&log);
     assert_eq!(before.len(), 19);
+    assert_eq!(log.segment_count(), 7);
     let (summary, up_to) = run_clean(&mut log, 1_000, DEFAULT_OFFSET_MAP_BYTES).unwrap();
     assert_eq!(up_to, active_base, "cleaned up to the active segment");
+    // Segment 0 (kept empty: it holds the log start), 5 (unchanged) and the active one remain.
+    assert_eq!(summary.segments_deleted, 4);
+    assert_eq!(log.segment_count(), 3);
     assert_eq!(summary.records_removed, 15);
     assert!(summary.bytes_after < summary.bytes_before);
     let after = read_all_records(&log);
