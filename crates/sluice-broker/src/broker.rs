@@ -112,12 +112,17 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         Arc::clone(&replicas),
         shutdown_rx.clone(),
     ));
+    let log_cleaner = tokio::spawn(crate::log_cleaner::run_log_cleaner(
+        Arc::clone(&replicas),
+        shutdown_rx.clone(),
+    ));
     let node_id = replicas.config().node_id();
     let task = tokio::spawn(async move {
         server::run_listener(listener, broker, shutdown_rx).await;
         let _ = checkpointer.await;
         let _ = group_timers.await;
         let _ = retention.await;
+        let _ = log_cleaner.await;
         let flushing = Arc::clone(&replicas);
         let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
         tracing::info!("broker stopped; every partition flushed");

@@ -5,6 +5,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod group;
+pub mod log_cleaner;
 pub mod metadata_store;
 pub mod partition;
 pub mod replica_manager;

@@ -140,6 +140,19 @@ impl Partition {
         self.log.lock().max_timestamp()
     }
 
+    /// What the log cleaner may read without the lock (see `sluice_log::cleaner`).
+    pub fn cleanable_snapshot(&self) -> Result<sluice_log::cleaner::CleanableSnapshot, LogError> {
+        self.log.lock().cleanable_snapshot()
+    }
+
+    /// Swaps segments the cleaner rewrote into the log (under the lock, cheap renames).
+    pub fn install_cleaned(
+        &self,
+        cleaned: sluice_log::cleaner::CleanedLog,
+    ) -> Result<sluice_log::cleaner::CleanSummary, LogError> {
+        self.log.lock().install_cleaned(cleaned)
+    }
+
     pub fn set_settings(&self, settings: TopicSettings) {
         self.log.lock().set_config(settings.log.clone());
         *self.settings.lock() = settings;

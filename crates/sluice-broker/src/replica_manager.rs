@@ -299,6 +299,28 @@ impl ReplicaManager {
         Ok(record)
     }
 
+    /// Sets one topic config override (persisted) and applies it to the open partitions.
+    /// Returns false when the topic already had that value. Used at start-up to give an
+    /// internal topic created by an older version the configs it needs now.
+    pub fn ensure_topic_config(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, TopicError> {
+        let Some(current) = self.topic(name) else {
+            return Err(TopicError::UnknownTopic(name.to_string()));
+        };
+        if current.record.configs.get(key).map(String::as_str) == Some(value) {
+            return Ok(false);
+        }
+        let mut configs = current.record.configs.clone();
+        configs.insert(key.to_string(), value.to_string());
+        self.alter_topic_configs(name, &configs, false)?;
+        tracing::info!(topic = name, key, value, "set topic config");
+        Ok(true)
+    }
+
     /// Grows a topic to `count` partitions.
     pub fn create_partitions(
         &self,

@@ -12,6 +12,7 @@
 
 mod batch;
 mod checkpoint;
+pub mod cleaner;
 mod compression;
 mod error;
 mod index;

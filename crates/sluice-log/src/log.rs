@@ -140,7 +140,8 @@ impl SyncTarget {
 pub struct Log {
     dir: PathBuf,
     config: LogConfig,
-    /// Sorted by base offset, contiguous, never empty; the last one is active.
+    /// Sorted by base offset, never empty; the last one is active. Contiguous except for gaps
+    /// the cleaner leaves below the recovery point.
     segments: Vec<Segment>,
     synced_offset: i64,
     recovery_point: i64,
@@ -160,6 +161,7 @@ impl Log {
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log, LogError> {
         fs::create_dir_all(dir)?;
         crate::retention::remove_leftover_deleted_files(dir)?;
+        crate::cleaner::remove_cleaner_leftovers(dir)?;
         let recovery_point = read_recovery_point(dir)?;
         let mut report = RecoveryReport::default();
         let mut segments = load_segments(dir, recovery_point, &config, &mut report)?;
@@ -337,8 +339,11 @@ impl Log {
             .segments
             .partition_point(|segment| segment.base_offset <= offset);
         let mut index = count.saturating_sub(1);
-        // A read starting at the end of a segment continues in the next one.
-        while index + 1 < self.segments.len() && self.segments[index].next_offset <= offset {
+        // A read starting at the end of a segment (or in a compaction gap after its last
+        // batch, or in a segment the cleaner emptied) continues in the next one.
+        while index + 1 < self.segments.len()
+            && (self.segments[index].next_offset <= offset || self.segments[index].is_empty())
+        {
             index += 1;
         }
         index
@@ -486,7 +491,7 @@ impl Log {
         self.checkpoint()
     }
 
-    /// The segments, oldest first (retention decides over them).
+    /// The segments, oldest first (retention and the cleaner decide over them).
     pub(crate) fn segments(&self) -> &[Segment] {
         &self.segments
     }
@@ -523,6 +528,11 @@ impl Log {
         self.log_start_offset = log_start_offset;
     }
 
+    /// The segments, for the cleaner to swap a cleaned one in (or drop an emptied one).
+    pub(crate) fn segments_mut(&mut self) -> &mut Vec<Segment> {
+        &mut self.segments
+    }
+
     /// Deletes the partition directory (topic deletion).
     pub fn delete(self) -> Result<(), LogError> {
         let dir = self.dir.clone();
@@ -556,7 +566,11 @@ fn load_segments(
     let mut segments: Vec<Segment> = Vec::with_capacity(base_offsets.len());
     for (i, &base_offset) in base_offsets.iter().enumerate() {
         let previous_end = segments.last().map(|segment| segment.next_offset);
-        if previous_end.is_some_and(|end| end != base_offset) {
+        // The cleaner leaves gaps between segments, always below the recovery point.
+        let follows = previous_end.is_none_or(|end| {
+            end == base_offset || (end < base_offset && base_offset <= recovery_point)
+        });
+        if !follows {
             tracing::warn!(dir = %dir.display(), segment = base_offset, previous_end, "segment does not follow the previous one; deleting it and later segments");
             delete_segments(dir, &base_offsets[i..], report)?;
             break;

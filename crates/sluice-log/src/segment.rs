@@ -106,7 +106,8 @@ impl Segment {
         index_interval_bytes: u32,
     ) {
         debug_assert_eq!(position, self.size_bytes);
-        debug_assert_eq!(header.base_offset, self.next_offset);
+        // Greater after compaction removed whole batches (offsets are preserved, gaps remain).
+        debug_assert!(header.base_offset >= self.next_offset);
         let relative_offset = self.relative_offset(header.base_offset).unwrap_or(u32::MAX);
         if self
             .max_timestamp
@@ -291,9 +292,10 @@ impl Segment {
         Ok(())
     }
 
-    /// Removes the segment's files (log and indexes); missing index files are fine.
+    /// Removes the segment's files (indexes first, so a crash midway leaves at worst a log
+    /// whose indexes are rebuilt, never orphan indexes); missing files are fine.
     pub fn delete_files(dir: &Path, base_offset: i64) -> Result<(), LogError> {
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
             match fs::remove_file(dir.join(file_name(base_offset, suffix))) {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}

@@ -119,3 +119,72 @@ pub fn assert_every_offset_reads_back(log: &crate::Log, stored: &[StoredBatch]) 
         .map_or(log.log_start_offset(), |b| b.last_offset + 1);
     assert_eq!(log.log_end_offset(), log_end_offset);
 }
+
+/// Encodes one batch of keyed records (`None` key: keyless; `None` value: a tombstone), all
+/// at `timestamp_ms`, with `compression`.
+pub fn keyed_batch(
+    entries: &[(Option<&str>, Option<&str>)],
+    timestamp_ms: i64,
+    compression: Compression,
+) -> Vec<u8> {
+    let records: Vec<Record> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            key: key.map(|key| Bytes::from(key.to_string())),
+            value: value.map(|value| Bytes::from(value.to_string())),
+            ..record(i, timestamp_ms, 0)
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression,
+    };
+    if let Err(error) = RecordBatchEncoder::encode(&mut buf, records.iter(), &options) {
+        panic!("test batch does not encode: {error}");
+    }
+    buf.to_vec()
+}
+
+/// A record as read back from a log: offset, key, value (UTF-8, lossy).
+pub type ReadRecord = (i64, Option<String>, Option<String>);
+
+/// Reads every record of the log from its start by fetching batch after batch, decoding
+/// them with kafka-protocol's decoder (as a client would).
+pub fn read_all_records(log: &crate::Log) -> Vec<ReadRecord> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let slice = match log.read(offset, 1 << 20, i64::MAX) {
+            Ok(Some(slice)) => slice,
+            Ok(None) => break,
+            Err(error) => panic!("read at {offset} failed: {error}"),
+        };
+        let mut bytes = Bytes::from(slice.read_to_vec().unwrap_or_default());
+        let record_sets = match kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes)
+        {
+            Ok(sets) => sets,
+            Err(error) => panic!("batches at {offset} do not decode: {error}"),
+        };
+        for set in record_sets {
+            for record in set.records {
+                out.push((
+                    record.offset,
+                    record
+                        .key
+                        .map(|key| String::from_utf8_lossy(&key).into_owned()),
+                    record
+                        .value
+                        .map(|value| String::from_utf8_lossy(&value).into_owned()),
+                ));
+            }
+        }
+        assert!(
+            slice.next_offset > offset,
+            "read made no progress at {offset}"
+        );
+        offset = slice.next_offset;
+    }
+    out
+}

@@ -14,8 +14,10 @@
 //! is replayed from its log start: offsets come back, groups come back Empty (members
 //! are not live after a restart, as in Kafka once their sessions expire).
 //!
-//! Not yet: compaction of `__consumer_offsets` (the topic only grows; replay reads every
-//! record), and transactional offset commits.
+//! The topic is compacted (`cleanup.policy=compact`, as Kafka): deletions are tombstones,
+//! and replay reads across the offset gaps the cleaner leaves.
+//!
+//! Not yet: transactional offset commits.
 
 pub mod state;
 pub mod store;
@@ -94,10 +96,16 @@ impl GroupCoordinator {
                     name: OFFSETS_TOPIC,
                     partitions: config.offsets_topic_num_partitions(),
                     replication_factor: 1,
-                    configs: vec![("segment.bytes", "104857600")],
+                    configs: vec![
+                        ("segment.bytes", "104857600"),
+                        ("cleanup.policy", "compact"),
+                    ],
                 },
                 false,
             )?;
+        } else {
+            // A topic created by an older version was not compacted; Kafka's offsets topic is.
+            replicas.ensure_topic_config(OFFSETS_TOPIC, "cleanup.policy", "compact")?;
         }
         let partitions = replicas
             .topic(OFFSETS_TOPIC)
