@@ -162,7 +162,11 @@ impl Log {
         fs::create_dir_all(dir)?;
         crate::retention::remove_leftover_deleted_files(dir)?;
         crate::cleaner::remove_cleaner_leftovers(dir)?;
-        let recovery_point = read_recovery_point(dir)?;
+        // Everything the cleaner has cleaned was below the recovery point when it did, so its
+        // checkpoint is a floor too: a lost recovery-point file must not make recovery
+        // mistake the cleaner's offset gaps for corruption.
+        let recovery_point =
+            read_recovery_point(dir)?.max(crate::cleaner::read_cleaner_checkpoint(dir)?);
         let mut report = RecoveryReport::default();
         let mut segments = load_segments(dir, recovery_point, &config, &mut report)?;
         if segments.is_empty() {
