@@ -340,6 +340,13 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "Partitions of __consumer_offsets when the broker creates it (fixed afterwards).",
     },
     SettingDef {
+        name: "offsets.topic.segment.bytes",
+        aliases: &[],
+        default: "104857600",
+        kind: SettingKind::Int { min: 14, max: I32_MAX },
+        doc: "Segment size of __consumer_offsets when it is created (smaller segments compact sooner).",
+    },
+    SettingDef {
         name: "offsets.retention.minutes",
         aliases: &[],
         default: "10080",
@@ -716,6 +723,10 @@ impl BrokerConfig {
 
     pub fn offsets_retention_check_interval_ms(&self) -> u64 {
         u64::try_from(self.int("offsets.retention.check.interval.ms")).unwrap_or(600_000)
+    }
+
+    pub fn offsets_topic_segment_bytes(&self) -> i64 {
+        self.int("offsets.topic.segment.bytes")
     }
 
     pub fn log_retention_check_interval_ms(&self) -> u64 {

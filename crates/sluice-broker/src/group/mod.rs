@@ -91,13 +91,14 @@ impl GroupCoordinator {
         config: &BrokerConfig,
     ) -> Result<Arc<GroupCoordinator>, TopicError> {
         if replicas.topic(OFFSETS_TOPIC).is_none() {
+            let segment_bytes = config.offsets_topic_segment_bytes().to_string();
             replicas.create_topic(
                 &NewTopic {
                     name: OFFSETS_TOPIC,
                     partitions: config.offsets_topic_num_partitions(),
                     replication_factor: 1,
                     configs: vec![
-                        ("segment.bytes", "104857600"),
+                        ("segment.bytes", segment_bytes.as_str()),
                         ("cleanup.policy", "compact"),
                     ],
                 },
