@@ -16,6 +16,7 @@ mod compression;
 mod error;
 mod index;
 mod log;
+mod producer_state;
 mod recovery;
 mod segment;
 mod time_index;
@@ -28,4 +29,7 @@ pub use checkpoint::RECOVERY_POINT_FILE;
 pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
+pub use producer_state::{
+    increment_sequence, BatchMetadata, ProducerEntry, ProducerStateManager, BATCHES_PER_PRODUCER,
+};
 pub use recovery::RecoveryReport;
