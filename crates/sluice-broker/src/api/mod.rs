@@ -23,6 +23,7 @@ pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -58,6 +59,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
@@ -207,6 +209,10 @@ pub async fn dispatch(
             decode(&mut body, api_key, version)?,
         )?),
         ApiKey::OffsetDelete => now(offset_delete::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::InitProducerId => now(init_producer_id::handle(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),
