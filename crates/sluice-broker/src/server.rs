@@ -62,7 +62,7 @@ impl FaultSwitch {
             return false;
         }
         let count = self.produce_requests.fetch_add(1, Ordering::Relaxed) + 1;
-        count % self.produce_response_drop_every == 0
+        count.is_multiple_of(self.produce_response_drop_every)
     }
 
     /// Wraps a Produce response so that it is written only after the configured delay.
