@@ -162,3 +162,20 @@ def test_delay_switch_delays_produce_responses(make_broker):
         elapsed = time.monotonic() - started
     assert resp["error_code"] == 0
     assert elapsed >= 0.65, f"response came after {elapsed:.3f} s"
+
+
+def test_idle_producers_expire_and_may_then_start_at_any_sequence(make_broker):
+    broker = make_broker(settings={"producer.id.expiration.ms": 1000,
+                                   "producer.id.expiration.check.interval.ms": 200})
+    topic = unique_topic("idem-expire")
+    with conn_of(broker) as c:
+        kw.wait_for_topic(c, topic)
+        pid = init_producer_id_v1(c)["producer_id"]
+        assert kw.produce_v3(c, topic, 0, idempotent_batch([b"a"], pid, 0, 0))["error_code"] == 0
+        gap = kw.produce_v3(c, topic, 0, idempotent_batch([b"b"], pid, 0, 5))
+        assert gap["error_code"] == OUT_OF_ORDER_SEQUENCE_NUMBER
+        time.sleep(2.0)
+        # Forgotten: the same gap is now the first batch of an unknown producer.
+        after = kw.produce_v3(c, topic, 0, idempotent_batch([b"b"], pid, 0, 5))
+        assert (after["error_code"], after["base_offset"]) == (0, 1), after
+    assert "expired idle producer ids" in broker.stderr_text()
