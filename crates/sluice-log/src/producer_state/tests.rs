@@ -347,3 +347,33 @@ fn a_snapshot_beyond_a_truncated_log_end_is_dropped_and_the_state_rebuilt() {
     assert!(!again.duplicate);
     assert_eq!(again.base_offset, 2);
 }
+
+proptest::proptest! {
+    /// A producer that sends new batches and retries any of its last five in any order gets
+    /// every retry answered with the original offsets and every new batch accepted, so the
+    /// log holds each record exactly once, in sequence order — also across the i32 wrap.
+    #[test]
+    fn retries_of_the_last_five_are_always_deduplicated(
+        start_sequence in proptest::prop_oneof![0..1000i32, (i32::MAX - 50)..=i32::MAX],
+        ops in proptest::collection::vec((1..4i32, 0..8usize), 1..60),
+    ) {
+        let mut state = ProducerStateManager::new();
+        let mut log_end = 0i64;
+        let mut next_sequence = start_sequence;
+        let mut sent: Vec<(i32, i32, i64)> = Vec::new(); // (base sequence, records, base offset)
+        for (records, retry_back) in ops {
+            if retry_back > 0 && retry_back <= sent.len().min(BATCHES_PER_PRODUCER) {
+                let (sequence, count, offset) = sent[sent.len() - retry_back];
+                let original = state.check(&header(11, 0, sequence, count, 0)).unwrap();
+                proptest::prop_assert_eq!(original.map(|b| b.first_offset), Some(offset));
+                continue;
+            }
+            let h = header(11, 0, next_sequence, records, log_end);
+            proptest::prop_assert_eq!(state.check(&h).unwrap(), None);
+            state.update(&h);
+            sent.push((next_sequence, records, log_end));
+            log_end += i64::from(records);
+            next_sequence = increment_sequence(next_sequence, records);
+        }
+    }
+}
