@@ -16,6 +16,8 @@ pub struct Broker {
     pub replicas: Arc<ReplicaManager>,
     /// The group coordinator (every group of this node) and committed offsets.
     pub groups: Arc<GroupCoordinator>,
+    /// Test-only produce response faults (off unless `test.fault.*` settings are set).
+    pub faults: server::FaultSwitch,
     /// Turns true at shutdown: parked requests answer at once instead of waiting out
     /// their deadline.
     shutdown: watch::Receiver<bool>,
@@ -100,10 +102,12 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     })?;
     replicas.update_config(|config| advertise_bound_port(config, local_addr.port()));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let faults = server::FaultSwitch::new(&config);
     let broker = Arc::new(Broker {
         cluster_id: replicas.cluster_id(),
         replicas: Arc::clone(&replicas),
         groups: Arc::clone(&groups),
+        faults,
         shutdown: shutdown_rx.clone(),
     });
     let checkpointer = tokio::spawn(Arc::clone(&replicas).run_checkpointer(shutdown_rx.clone()));
@@ -116,6 +120,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         Arc::clone(&replicas),
         shutdown_rx.clone(),
     ));
+    let producer_expiration =
+        tokio::spawn(Arc::clone(&replicas).run_producer_expiration(shutdown_rx.clone()));
     let node_id = replicas.config().node_id();
     let task = tokio::spawn(async move {
         server::run_listener(listener, broker, shutdown_rx).await;
@@ -123,6 +129,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         let _ = group_timers.await;
         let _ = retention.await;
         let _ = log_cleaner.await;
+        let _ = producer_expiration.await;
         let flushing = Arc::clone(&replicas);
         let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
         tracing::info!("broker stopped; every partition flushed");

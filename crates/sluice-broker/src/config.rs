@@ -360,6 +360,20 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         kind: SettingKind::Int { min: 1, max: i64::MAX },
         doc: "How often expired committed offsets are looked for.",
     },
+    SettingDef {
+        name: "test.fault.produce.response.drop.every",
+        aliases: &[],
+        default: "0",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "TEST ONLY, never in production: when N > 0, every Nth Produce request (counted broker-wide) is executed (its batches are written) but its response is never sent and the connection is closed, so the client retries. 0 disables it.",
+    },
+    SettingDef {
+        name: "test.fault.produce.response.delay.ms",
+        aliases: &[],
+        default: "0",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "TEST ONLY, never in production: delays every Produce response by this long after the request was executed (later responses on the connection wait behind it). 0 disables it.",
+    },
 ];
 
 /// Looks up a setting by its name or one of its aliases.
@@ -747,6 +761,16 @@ impl BrokerConfig {
 
     pub fn producer_id_expiration_check_interval_ms(&self) -> u64 {
         u64::try_from(self.int("producer.id.expiration.check.interval.ms")).unwrap_or(600_000)
+    }
+
+    /// Test-only fault switch: drop the response of every Nth Produce request (0: off).
+    pub fn test_fault_produce_response_drop_every(&self) -> u64 {
+        u64::try_from(self.int("test.fault.produce.response.drop.every")).unwrap_or(0)
+    }
+
+    /// Test-only fault switch: delay every Produce response by this long (0: off).
+    pub fn test_fault_produce_response_delay_ms(&self) -> u64 {
+        u64::try_from(self.int("test.fault.produce.response.delay.ms")).unwrap_or(0)
     }
 
     /// Every setting with its current value and whether it is the default.

@@ -16,6 +16,9 @@ use uuid::Uuid;
 const METADATA_DIR: &str = "__cluster_metadata";
 const METADATA_FILE: &str = "metadata.json";
 const META_PROPERTIES: &str = "meta.properties";
+/// Producer ids reserved durably at a time: one metadata write per this many
+/// InitProducerId calls, and at most this many ids skipped by a crash.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -59,6 +62,10 @@ struct MetadataImage {
     /// names one broker (AlterConfigs on `BROKER`).
     #[serde(default)]
     broker_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Producer ids below this were (possibly) handed out: a restart continues above it,
+    /// so an id is never given to two producers.
+    #[serde(default)]
+    producer_id_block_end: i64,
 }
 
 /// The metadata of this node, kept in memory and on disk.
@@ -67,6 +74,8 @@ pub struct MetadataStore {
     dir: PathBuf,
     cluster_id: String,
     image: MetadataImage,
+    /// The next producer id of the reserved block `[next, image.producer_id_block_end)`.
+    next_producer_id: i64,
 }
 
 impl MetadataStore {
@@ -84,10 +93,12 @@ impl MetadataStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataImage::default(),
             Err(e) => return Err(io_error(&path)(e)),
         };
+        let next_producer_id = image.producer_id_block_end;
         Ok(MetadataStore {
             dir,
             cluster_id,
             image,
+            next_producer_id,
         })
     }
 
@@ -158,6 +169,30 @@ impl MetadataStore {
             return Err(e);
         }
         Ok(Some(removed))
+    }
+
+    /// Hands out a producer id never given before, also across restarts: ids come from a
+    /// block of [`PRODUCER_ID_BLOCK_SIZE`] whose end is persisted before the first id of
+    /// it is used (Kafka's producer id blocks).
+    pub fn allocate_producer_id(&mut self) -> Result<i64, MetadataError> {
+        if self.next_producer_id >= self.image.producer_id_block_end {
+            let previous_end = self.image.producer_id_block_end;
+            let start = self.next_producer_id.max(previous_end);
+            self.image.producer_id_block_end = start.saturating_add(PRODUCER_ID_BLOCK_SIZE);
+            if let Err(e) = self.persist() {
+                self.image.producer_id_block_end = previous_end;
+                return Err(e);
+            }
+            tracing::info!(
+                block_start = start,
+                block_end = self.image.producer_id_block_end,
+                "reserved a block of producer ids"
+            );
+            self.next_producer_id = start;
+        }
+        let id = self.next_producer_id;
+        self.next_producer_id += 1;
+        Ok(id)
     }
 
     fn persist(&self) -> Result<(), MetadataError> {
@@ -279,6 +314,29 @@ mod tests {
         assert_eq!(cluster_id.len(), 22);
         assert_eq!(store.topic("a").map(|t| t.partitions), Some(3));
         assert!(store.topic("b").is_none());
+    }
+
+    #[test]
+    fn producer_ids_are_never_reused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<i64> = {
+            let mut store = MetadataStore::open(dir.path(), 1).unwrap();
+            (0..3)
+                .map(|_| store.allocate_producer_id().unwrap())
+                .collect()
+        };
+        assert_eq!(first, vec![0, 1, 2]);
+        let mut store = MetadataStore::open(dir.path(), 1).unwrap();
+        let after_restart = store.allocate_producer_id().unwrap();
+        assert_eq!(after_restart, PRODUCER_ID_BLOCK_SIZE);
+        for _ in 0..PRODUCER_ID_BLOCK_SIZE {
+            store.allocate_producer_id().unwrap();
+        }
+        let mut store = MetadataStore::open(dir.path(), 1).unwrap();
+        assert_eq!(
+            store.allocate_producer_id().unwrap(),
+            3 * PRODUCER_ID_BLOCK_SIZE
+        );
     }
 
     #[test]

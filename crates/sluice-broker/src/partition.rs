@@ -82,6 +82,13 @@ impl Partition {
         Ok(info)
     }
 
+    /// Forgets idempotent producers idle for `expiration_ms`; returns how many.
+    pub fn remove_expired_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.log
+            .lock()
+            .remove_expired_producers(now_ms, expiration_ms)
+    }
+
     /// Asks the flusher for a group commit as soon as possible.
     pub fn request_sync(&self) {
         self.flush_wanted.notify_one();

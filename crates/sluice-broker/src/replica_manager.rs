@@ -132,6 +132,40 @@ impl ReplicaManager {
         Ok(manager)
     }
 
+    /// A fresh producer id for InitProducerId (see `MetadataStore::allocate_producer_id`).
+    pub fn allocate_producer_id(&self) -> Result<i64, MetadataError> {
+        self.metadata.lock().allocate_producer_id()
+    }
+
+    /// Forgets, in every partition, idempotent producers idle for `producer.id.expiration.ms`.
+    pub fn expire_producers(&self, now_ms: i64) {
+        let expiration_ms = self.config().producer_id_expiration_ms();
+        for topic in self.all_topics() {
+            for partition in &topic.partitions {
+                let removed = partition.remove_expired_producers(now_ms, expiration_ms);
+                if removed > 0 {
+                    tracing::info!(topic = %partition.topic, partition = partition.index, removed, "expired idle producer ids");
+                }
+            }
+        }
+    }
+
+    /// The producer id expiration task: every `producer.id.expiration.check.interval.ms`.
+    pub async fn run_producer_expiration(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let interval =
+            Duration::from_millis(self.config().producer_id_expiration_check_interval_ms());
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = crate::server::stopped(&mut shutdown) => return,
+            }
+            self.expire_producers(crate::api::now_ms());
+        }
+    }
+
     pub fn cluster_id(&self) -> String {
         self.metadata.lock().cluster_id().to_string()
     }

@@ -7,7 +7,9 @@
 //! responses in order. That gives pipelining without reordering.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures::future::BoxFuture;
@@ -20,6 +22,65 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, ApiError};
 use crate::broker::Broker;
+use crate::config::BrokerConfig;
+
+/// Test-only faults on Produce responses, to prove that idempotent producers' retries are
+/// deduplicated: the request is executed but the client never learns it was.
+/// Off by default; see `test.fault.produce.response.*` in `BROKER_SETTINGS`.
+#[derive(Debug)]
+pub struct FaultSwitch {
+    /// Drop the response of every Nth Produce request (0: never).
+    produce_response_drop_every: u64,
+    /// Delay every Produce response by this long (zero: no delay).
+    produce_response_delay: Duration,
+    /// Produce requests seen broker-wide, for `drop_every`.
+    produce_requests: AtomicU64,
+}
+
+impl FaultSwitch {
+    pub fn new(config: &BrokerConfig) -> FaultSwitch {
+        let switch = FaultSwitch {
+            produce_response_drop_every: config.test_fault_produce_response_drop_every(),
+            produce_response_delay: Duration::from_millis(
+                config.test_fault_produce_response_delay_ms(),
+            ),
+            produce_requests: AtomicU64::new(0),
+        };
+        if switch.produce_response_drop_every > 0 || !switch.produce_response_delay.is_zero() {
+            tracing::warn!(
+                drop_every = switch.produce_response_drop_every,
+                delay_ms = config.test_fault_produce_response_delay_ms(),
+                "TEST FAULT SWITCH ON: produce responses will be dropped or delayed"
+            );
+        }
+        switch
+    }
+
+    /// Counts one Produce request; true when its response must be dropped.
+    fn drop_this_produce_response(&self) -> bool {
+        if self.produce_response_drop_every == 0 {
+            return false;
+        }
+        let count = self.produce_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        count.is_multiple_of(self.produce_response_drop_every)
+    }
+
+    /// Wraps a Produce response so that it is written only after the configured delay.
+    fn delay_produce_response(&self, dispatched: Dispatched) -> Dispatched {
+        let delay = self.produce_response_delay;
+        if delay.is_zero() {
+            return dispatched;
+        }
+        Dispatched::Later(Box::pin(async move {
+            let frame = match dispatched {
+                Dispatched::Now(frame) => Ok(frame),
+                Dispatched::Later(pending) => pending.await,
+            };
+            tokio::time::sleep(delay).await;
+            frame
+        }))
+    }
+}
 
 /// A response frame to write, or nothing (acks=0 produce).
 pub type ResponseFrame = Option<bytes::Bytes>;
@@ -106,9 +167,26 @@ async fn read_requests(
             frame = read_frame(&mut reader, frame_bytes_max) => frame,
             _ = crate::server::stopped(&mut shutdown) => Err(CloseReason::Shutdown),
         };
+        let is_produce = matches!(&frame, Ok(frame) if frame.len() >= 2
+            && i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Produce as i16);
         let outcome = match frame {
             Ok(frame) => dispatch_frame(broker, frame, peer).await,
             Err(reason) => Err(reason),
+        };
+        let outcome = match outcome {
+            Ok(dispatched) if is_produce => {
+                if broker.faults.drop_this_produce_response() {
+                    // The batches are written already; wait for the acks=all fsync too so
+                    // the retry finds the original durable, then hang up without answering.
+                    if let Dispatched::Later(pending) = dispatched {
+                        let _ = pending.await;
+                    }
+                    tracing::warn!(%peer, "test fault: produce executed, response dropped, closing connection");
+                    return;
+                }
+                Ok(broker.faults.delay_produce_response(dispatched))
+            }
+            other => other,
         };
         match outcome {
             Ok(dispatched) => {

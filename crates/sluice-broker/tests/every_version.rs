@@ -556,3 +556,87 @@ async fn bad_batches_get_kafka_error_codes() {
     assert_eq!(produce(&mut client, 9, "strict", 1, good).await, 0);
     broker.shutdown().await;
 }
+
+fn idempotent_batch(values: &[&str], producer_id: i64, epoch: i16, base_sequence: i32) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: base_sequence + i as i32,
+            timestamp: 1_000,
+            key: None,
+            value: Some(Bytes::from(value.to_string())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
+    buf.freeze()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_producer_id_every_version_and_idempotent_produce() {
+    let (broker, _dir) = start().await;
+    let mut client = Client::connect(broker.local_addr).await;
+    let mut last_producer_id = -1;
+    for version in versions(ApiKey::InitProducerId) {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let response: InitProducerIdResponse =
+            client.call(ApiKey::InitProducerId, version, &request).await;
+        assert_eq!(response.error_code, 0, "v{version}");
+        assert_eq!(response.producer_epoch, 0, "v{version}");
+        assert!(response.producer_id.0 > last_producer_id, "v{version}");
+        last_producer_id = response.producer_id.0;
+        let transactional =
+            request.with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("txn"))));
+        let refused: InitProducerIdResponse = client
+            .call(ApiKey::InitProducerId, version, &transactional)
+            .await;
+        assert_eq!(refused.error_code, 53, "v{version}");
+    }
+    let topic = "idempotent";
+    create_topic(&mut client, topic, 1).await;
+    let pid = last_producer_id;
+    let first = produce(
+        &mut client,
+        9,
+        topic,
+        -1,
+        idempotent_batch(&["a", "b"], pid, 0, 0),
+    )
+    .await;
+    let second = produce(
+        &mut client,
+        9,
+        topic,
+        -1,
+        idempotent_batch(&["c"], pid, 0, 2),
+    )
+    .await;
+    let retry = produce(
+        &mut client,
+        9,
+        topic,
+        -1,
+        idempotent_batch(&["a", "b"], pid, 0, 0),
+    )
+    .await;
+    assert_eq!((first, second, retry), (0, 2, 0));
+    broker.shutdown().await;
+}

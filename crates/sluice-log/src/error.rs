@@ -22,4 +22,23 @@ pub enum LogError {
         log_start_offset: i64,
         log_end_offset: i64,
     },
+    /// An idempotent producer's batch does not continue its sequence
+    /// (OUT_OF_ORDER_SEQUENCE_NUMBER).
+    #[error("producer {producer_id} epoch {epoch}: sequence {sequence} is out of order, expected {expected}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        epoch: i16,
+        sequence: i32,
+        expected: i32,
+    },
+    /// An idempotent producer wrote with an epoch older than the current one: a zombie
+    /// (INVALID_PRODUCER_EPOCH).
+    #[error(
+        "producer {producer_id}: epoch {epoch} is older than the current epoch {current_epoch}"
+    )]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current_epoch: i16,
+    },
 }

@@ -17,6 +17,7 @@ mod compression;
 mod error;
 mod index;
 mod log;
+mod producer_state;
 mod recovery;
 mod retention;
 mod segment;
@@ -30,5 +31,8 @@ pub use checkpoint::{LOG_START_OFFSET_FILE, RECOVERY_POINT_FILE};
 pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
+pub use producer_state::{
+    increment_sequence, BatchMetadata, ProducerEntry, ProducerStateManager, BATCHES_PER_PRODUCER,
+};
 pub use recovery::RecoveryReport;
 pub use retention::{DeletedSegment, DeletionReason, PendingDeletion};

@@ -13,6 +13,7 @@ use crate::batch::{rewrite_header, validate_for_append, BatchHeader};
 use crate::checkpoint::{
     read_log_start_offset, read_recovery_point, sync_dir, write_recovery_point,
 };
+use crate::producer_state::{load_snapshot, write_snapshot, ProducerStateManager};
 use crate::recovery::{load_segment, RecoveryReport};
 use crate::segment::{parse_log_file_name, Segment};
 use crate::LogError;
@@ -77,6 +78,9 @@ pub struct AppendInfo {
     pub max_timestamp: i64,
     pub records_count: i32,
     pub batch_bytes: usize,
+    /// The batch was a retry of an idempotent producer's batch already in the log: nothing
+    /// was written and the offsets are those of the original.
+    pub duplicate: bool,
 }
 
 /// A record timestamp and its offset.
@@ -154,6 +158,10 @@ pub struct Log {
     /// below the first segment's base (see `log_start_offset()`), checkpointed in
     /// `log-start-offset` when advanced.
     log_start_offset: i64,
+    /// Idempotent producers' epochs and last batches (duplicate and sequence checks).
+    producer_state: ProducerStateManager,
+    /// Log end offset covered by the newest producer snapshot written or loaded.
+    producer_snapshot_offset: Option<i64>,
 }
 
 impl Log {
@@ -182,12 +190,69 @@ impl Log {
             unsynced_directory_base_offset: None,
             recovery_report: report,
             log_start_offset: 0,
+            producer_state: ProducerStateManager::new(),
+            producer_snapshot_offset: None,
         };
         log.log_start_offset = read_log_start_offset(dir)?
             .unwrap_or(0)
             .min(log.log_end_offset());
+        log.load_producer_state()?;
         log.finish_recovery(recovery_point)?;
         Ok(log)
+    }
+
+    /// Restores the producer state: the newest snapshot at or below the recovered log end
+    /// (later ones describe a truncated tail and are deleted), then every batch header after
+    /// it up to the log end. Without a snapshot, from the log start.
+    fn load_producer_state(&mut self) -> Result<(), LogError> {
+        let log_end_offset = self.log_end_offset();
+        let loaded = load_snapshot(&self.dir, log_end_offset)?;
+        self.recovery_report.producer_snapshots_deleted =
+            loaded.deleted_beyond_log_end + loaded.corrupt;
+        let start_offset = match loaded.state {
+            Some((offset, state)) => {
+                self.producer_state = state;
+                self.producer_snapshot_offset = Some(offset);
+                self.recovery_report.producer_snapshot_offset = Some(offset);
+                offset
+            }
+            None => self.log_start_offset(),
+        };
+        self.producer_state.remove_below(self.log_start_offset());
+        let mut batches_replayed = 0u64;
+        for segment in self
+            .segments
+            .iter()
+            .filter(|segment| segment.next_offset > start_offset)
+        {
+            let Some((mut position, _)) = segment.find_batch_ending_at_or_after(start_offset)?
+            else {
+                continue;
+            };
+            while position < segment.size_bytes {
+                let header = segment.read_header_at(position)?;
+                if header.producer_id >= 0 {
+                    self.producer_state.update(&header);
+                }
+                batches_replayed += 1;
+                position =
+                    position.saturating_add(u32::try_from(header.total_size()).unwrap_or(u32::MAX));
+            }
+        }
+        self.recovery_report.producer_batches_replayed = batches_replayed;
+        self.recovery_report.producers_loaded = self.producer_state.producer_count();
+        Ok(())
+    }
+
+    /// Idempotent producers known to this partition (tests, metrics).
+    pub fn producer_state(&self) -> &ProducerStateManager {
+        &self.producer_state
+    }
+
+    /// Forgets producers idle for `expiration_ms` (`producer.id.expiration.ms`); returns
+    /// how many.
+    pub fn remove_expired_producers(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.producer_state.remove_expired(now_ms, expiration_ms)
     }
 
     /// Makes everything recovery kept durable and checkpoints it, so the next open starts
@@ -266,6 +331,19 @@ impl Log {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         let mut header = validate_for_append(batch, self.config.max_batch_bytes)?;
+        if header.producer_id >= 0 {
+            if let Some(original) = self.producer_state.check(&header)? {
+                tracing::debug!(dir = %self.dir.display(), producer_id = header.producer_id, base_sequence = header.base_sequence, base_offset = original.first_offset, "duplicate batch of an idempotent producer; not written");
+                return Ok(AppendInfo {
+                    base_offset: original.first_offset,
+                    last_offset: original.last_offset,
+                    max_timestamp: original.max_timestamp,
+                    records_count: header.records_count,
+                    batch_bytes: 0,
+                    duplicate: true,
+                });
+            }
+        }
         let base_offset = self.log_end_offset();
         let last_offset = base_offset
             .checked_add(i64::from(header.last_offset_delta))
@@ -278,12 +356,16 @@ impl Log {
         self.active_segment()?
             .append(batch, &header, index_interval_bytes, now_ms)?;
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
+        if header.producer_id >= 0 {
+            self.producer_state.update(&header);
+        }
         Ok(AppendInfo {
             base_offset,
             last_offset,
             max_timestamp: header.max_timestamp,
             records_count: header.records_count,
             batch_bytes: batch.len(),
+            duplicate: false,
         })
     }
 
@@ -483,6 +565,22 @@ impl Log {
         }
         write_recovery_point(&self.dir, self.synced_offset)?;
         self.recovery_point = self.synced_offset;
+        self.snapshot_producer_state()
+    }
+
+    /// Writes a producer state snapshot at the log end when it moved since the last one
+    /// (the newest two are kept: a crash may lose the tail the newest one covers).
+    fn snapshot_producer_state(&mut self) -> Result<(), LogError> {
+        let log_end_offset = self.log_end_offset();
+        if self.producer_snapshot_offset == Some(log_end_offset) {
+            return Ok(());
+        }
+        if self.producer_state.producer_count() == 0 && self.producer_snapshot_offset.is_none() {
+            // Never had idempotent producers: no files to write.
+            return Ok(());
+        }
+        write_snapshot(&self.dir, log_end_offset, &self.producer_state)?;
+        self.producer_snapshot_offset = Some(log_end_offset);
         Ok(())
     }
 

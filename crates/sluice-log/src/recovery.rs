@@ -27,6 +27,14 @@ pub struct RecoveryReport {
     pub segments_deleted: usize,
     /// Segments whose index files were unusable and were rebuilt by a full scan.
     pub indexes_rebuilt: usize,
+    /// Offset of the producer state snapshot the producer state was loaded from.
+    pub producer_snapshot_offset: Option<i64>,
+    /// Producer snapshots deleted: beyond the recovered log end, or corrupt.
+    pub producer_snapshots_deleted: usize,
+    /// Batch headers read after the snapshot (or from the log start) to rebuild the state.
+    pub producer_batches_replayed: u64,
+    /// Idempotent producers known after recovery.
+    pub producers_loaded: usize,
 }
 
 /// A loaded segment and whether its file had to be truncated.

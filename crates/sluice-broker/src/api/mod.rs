@@ -26,6 +26,7 @@ pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -64,6 +65,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
@@ -225,6 +227,10 @@ pub async fn dispatch(
             decode(&mut body, api_key, version)?,
         )?),
         ApiKey::DeleteRecords => now(delete_records::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::InitProducerId => now(init_producer_id::handle(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),

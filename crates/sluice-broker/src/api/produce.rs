@@ -30,6 +30,8 @@ pub fn log_error_code(error: &LogError) -> i16 {
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge.code(),
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         LogError::Io(_) => ResponseError::KafkaStorageError.code(),
+        LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
+        LogError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch.code(),
     }
 }
 

@@ -486,11 +486,11 @@ mod properties {
     }
 }
 
-/// `batch` as if written by idempotent producer `producer_id` (epoch 0, sequence 0).
-fn from_producer(mut batch: Vec<u8>, producer_id: i64) -> Vec<u8> {
+/// `batch` as if written by idempotent producer `producer_id` (epoch 0) at `sequence`.
+fn from_producer(mut batch: Vec<u8>, producer_id: i64, sequence: i32) -> Vec<u8> {
     batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
     batch[51..53].copy_from_slice(&0i16.to_be_bytes());
-    batch[53..57].copy_from_slice(&0i32.to_be_bytes());
+    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
     let crc = crc32c::crc32c(&batch[crate::batch::CRC_START..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
     batch
@@ -500,15 +500,16 @@ fn from_producer(mut batch: Vec<u8>, producer_id: i64) -> Vec<u8> {
 fn a_producers_last_batch_is_kept_empty_and_earlier_ones_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), compact_config()).unwrap();
-    let produced = |key: &str, value: &str, producer_id: i64| {
+    let produced = |key: &str, value: &str, producer_id: i64, sequence: i32| {
         from_producer(
             keyed_batch(&[(Some(key), Some(value))], 100, TestCompression::None),
             producer_id,
+            sequence,
         )
     };
-    log.append(&mut produced("a", "1", 5), 1, 0).unwrap();
-    log.append(&mut produced("b", "1", 6), 1, 0).unwrap();
-    log.append(&mut produced("b", "2", 6), 1, 0).unwrap();
+    log.append(&mut produced("a", "1", 5, 0), 1, 0).unwrap();
+    log.append(&mut produced("b", "1", 6, 0), 1, 0).unwrap();
+    log.append(&mut produced("b", "2", 6, 1), 1, 0).unwrap();
     append(&mut log, &[(Some("a"), Some("2"))], TestCompression::None);
     append(&mut log, &[(Some("b"), Some("3"))], TestCompression::None);
     append(

@@ -47,7 +47,8 @@ fn append_then_read_round_trips_bytes_except_offset_and_epoch() {
             last_offset: 2,
             max_timestamp: 100,
             records_count: 3,
-            batch_bytes: first.len()
+            batch_bytes: first.len(),
+            duplicate: false
         }
     );
     let second = batch(1, 5, 200);
