@@ -16,6 +16,7 @@ mod compression;
 mod error;
 mod index;
 mod log;
+mod records;
 mod recovery;
 mod segment;
 mod time_index;
@@ -28,4 +29,9 @@ pub use checkpoint::RECOVERY_POINT_FILE;
 pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
+pub use records::{
+    compress, decompress, decompressed_limit_bytes, prepare_batch, walk_records, BatchPolicy,
+    Prepared, RecordsSummary, DECOMPRESSED_BYTES_CAP, DECOMPRESSED_BYTES_FLOOR,
+    DECOMPRESSION_RATIO_LIMIT, KEYLESS_ON_COMPACTED_MESSAGE,
+};
 pub use recovery::RecoveryReport;

@@ -119,3 +119,31 @@ pub fn assert_every_offset_reads_back(log: &crate::Log, stored: &[StoredBatch]) 
         .map_or(log.log_start_offset(), |b| b.last_offset + 1);
     assert_eq!(log.log_end_offset(), log_end_offset);
 }
+
+/// Encodes `records` (offsets 0..n, one producer) as one batch with `compression`.
+pub fn encode_records(records: &[Record], compression: Compression) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression,
+    };
+    if let Err(error) = RecordBatchEncoder::encode(&mut buf, records.iter(), &options) {
+        panic!("test records do not encode: {error}");
+    }
+    buf.to_vec()
+}
+
+/// `template`'s header over a new records section `body`, with codec bits `codec_bits`
+/// (0–7, including invalid ones), batchLength and CRC fixed up: for crafting batches whose
+/// header is consistent but whose records are not.
+pub fn recode_batch(template: &[u8], codec_bits: i16, body: &[u8]) -> Vec<u8> {
+    let mut bytes = template[..crate::BATCH_HEADER_BYTES].to_vec();
+    bytes.extend_from_slice(body);
+    let batch_length = (bytes.len() - 12) as i32;
+    bytes[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let attributes = (i16::from_be_bytes([bytes[21], bytes[22]]) & !0b111) | codec_bits;
+    bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
