@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sluice_log::{AppendInfo, Log, LogError, PendingDeletion, ReadSlice, TimestampOffset};
+use sluice_log::{
+    prepare_batch, AppendInfo, BatchPolicy, Log, LogError, PendingDeletion, ReadSlice,
+    TimestampOffset,
+};
 use tokio::sync::{watch, Notify};
 
 use crate::topic_config::TopicSettings;
@@ -64,14 +67,30 @@ impl Partition {
 
     /// Appends one record batch (rewritten in place with its offset) and publishes the
     /// new high watermark. Durability is separate: see [`Partition::wait_synced`].
-    pub fn append(&self, batch: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError> {
-        let flush_messages = self.settings.lock().flush_messages;
+    /// The batch is validated and shaped by the topic's settings (codec, timestamp type,
+    /// keys on compacted topics) first, outside the log lock: decompression can be slow.
+    pub fn append(&self, batch: &mut Vec<u8>, now_ms: i64) -> Result<AppendInfo, LogError> {
+        let (flush_messages, policy) = {
+            let settings = self.settings.lock();
+            let policy = BatchPolicy {
+                max_batch_bytes: settings.log.max_batch_bytes,
+                compression: settings.compression,
+                timestamp_type: settings.timestamp_type,
+                require_keys: settings.log.cleanup_compact,
+            };
+            (settings.flush_messages, policy)
+        };
+        prepare_batch(batch, &policy, now_ms)?;
         let (info, end) = {
             let mut log = self.log.lock();
             let info = log.append(batch, SINGLE_NODE_LEADER_EPOCH, now_ms)?;
             (info, log.log_end_offset())
         };
         self.high_watermark.send_replace(end);
+        if info.duplicate {
+            // Nothing was written: the original batch is already counted (or synced).
+            return Ok(info);
+        }
         let unsynced = self
             .unsynced_records
             .fetch_add(i64::from(info.records_count), Ordering::Relaxed)

@@ -12,6 +12,14 @@ pub enum LogError {
     /// Wrong magic, not exactly one batch, inconsistent counts (INVALID_RECORD).
     #[error("invalid record batch: {0}")]
     InvalidBatch(String),
+    /// Records that break a topic rule, e.g. a keyless record on a compacted topic
+    /// (INVALID_RECORD); `batch_indexes` are the offending records' positions in the batch,
+    /// for the Produce response's `record_errors` (KIP-467).
+    #[error("{message}")]
+    InvalidRecords {
+        message: String,
+        batch_indexes: Vec<i32>,
+    },
     /// The batch is larger than `max_batch_bytes` (MESSAGE_TOO_LARGE).
     #[error("record batch of {size} bytes exceeds the maximum of {max} bytes")]
     BatchTooLarge { size: usize, max: usize },

@@ -18,6 +18,7 @@ mod error;
 mod index;
 mod log;
 mod producer_state;
+mod records;
 mod recovery;
 mod retention;
 mod segment;
@@ -33,6 +34,11 @@ pub use error::LogError;
 pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
 pub use producer_state::{
     increment_sequence, BatchMetadata, ProducerEntry, ProducerStateManager, BATCHES_PER_PRODUCER,
+};
+pub use records::{
+    compress, decompress, decompressed_limit_bytes, prepare_batch, walk_records, BatchPolicy,
+    Prepared, RecordsSummary, DECOMPRESSED_BYTES_CAP, DECOMPRESSED_BYTES_FLOOR,
+    DECOMPRESSION_RATIO_LIMIT, KEYLESS_ON_COMPACTED_MESSAGE,
 };
 pub use recovery::RecoveryReport;
 pub use retention::{DeletedSegment, DeletionReason, PendingDeletion};

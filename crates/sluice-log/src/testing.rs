@@ -20,15 +20,7 @@ pub fn encode_batch(
         .enumerate()
         .map(|(i, &timestamp)| record(i, timestamp, value_bytes))
         .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression,
-    };
-    if let Err(error) = RecordBatchEncoder::encode(&mut buf, records.iter(), &options) {
-        panic!("test batch does not encode: {error}");
-    }
-    buf.to_vec()
+    encode_records(&records, compression)
 }
 
 /// An uncompressed batch of `records_count` records, all at `timestamp_ms`.
@@ -136,15 +128,7 @@ pub fn keyed_batch(
             ..record(i, timestamp_ms, 0)
         })
         .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression,
-    };
-    if let Err(error) = RecordBatchEncoder::encode(&mut buf, records.iter(), &options) {
-        panic!("test batch does not encode: {error}");
-    }
-    buf.to_vec()
+    encode_records(&records, compression)
 }
 
 /// A record as read back from a log: offset, key, value (UTF-8, lossy).
@@ -187,4 +171,32 @@ pub fn read_all_records(log: &crate::Log) -> Vec<ReadRecord> {
         offset = slice.next_offset;
     }
     out
+}
+
+/// Encodes `records` (offsets 0..n, one producer) as one batch with `compression`.
+pub fn encode_records(records: &[Record], compression: Compression) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression,
+    };
+    if let Err(error) = RecordBatchEncoder::encode(&mut buf, records.iter(), &options) {
+        panic!("test records do not encode: {error}");
+    }
+    buf.to_vec()
+}
+
+/// `template`'s header over a new records section `body`, with codec bits `codec_bits`
+/// (0–7, including invalid ones), batchLength and CRC fixed up: for crafting batches whose
+/// header is consistent but whose records are not.
+pub fn recode_batch(template: &[u8], codec_bits: i16, body: &[u8]) -> Vec<u8> {
+    let mut bytes = template[..crate::BATCH_HEADER_BYTES].to_vec();
+    bytes.extend_from_slice(body);
+    let batch_length = (bytes.len() - 12) as i32;
+    bytes[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let attributes = (i16::from_be_bytes([bytes[21], bytes[22]]) & !0b111) | codec_bits;
+    bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    bytes
 }

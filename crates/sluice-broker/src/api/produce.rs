@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use sluice_log::LogError;
+use sluice_log::{BatchHeader, LogError};
 
 use super::{now_ms, ApiError, RequestContext};
 use crate::partition::Partition;
@@ -26,7 +28,9 @@ const ISR_SIZE: i32 = 1;
 pub fn log_error_code(error: &LogError) -> i16 {
     match error {
         LogError::CorruptBatch(_) => ResponseError::CorruptMessage.code(),
-        LogError::InvalidBatch(_) => ResponseError::InvalidRecord.code(),
+        LogError::InvalidBatch(_) | LogError::InvalidRecords { .. } => {
+            ResponseError::InvalidRecord.code()
+        }
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge.code(),
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         LogError::Io(_) => ResponseError::KafkaStorageError.code(),
@@ -155,10 +159,15 @@ fn append(
             if acks == -1 {
                 partition.request_sync();
             }
+            // The stored header says whether the topic stamped LogAppendTime (-1 otherwise).
+            let log_append_time_ms = BatchHeader::parse(&batch)
+                .ok()
+                .filter(BatchHeader::is_log_append_time)
+                .map_or(-1, |header| header.max_timestamp);
             let mut response = PartitionProduceResponse::default()
                 .with_index(index)
                 .with_base_offset(info.base_offset)
-                .with_log_append_time_ms(-1);
+                .with_log_append_time_ms(log_append_time_ms);
             if version >= 5 {
                 response = response.with_log_start_offset(partition.log_start_offset());
             }
@@ -169,7 +178,30 @@ fn append(
         }
         Err(error) => {
             tracing::info!(topic = %partition.topic, partition = index, %error, "produce rejected");
-            error_outcome(index, log_error_code(&error), error.to_string())
+            let mut outcome = error_outcome(index, log_error_code(&error), error.to_string());
+            if let LogError::InvalidRecords {
+                message,
+                batch_indexes,
+            } = &error
+            {
+                // KIP-467: v8+ names the records that made the batch fail.
+                if version >= 8 {
+                    outcome.response.record_errors = batch_indexes
+                        .iter()
+                        .map(|&batch_index| {
+                            BatchIndexAndErrorMessage::default()
+                                .with_batch_index(batch_index)
+                                .with_batch_index_error_message(Some(StrBytes::from_string(
+                                    format!(
+                                        "{message} in topic partition {}-{index}.",
+                                        partition.topic
+                                    ),
+                                )))
+                        })
+                        .collect();
+                }
+            }
+            outcome
         }
     }
 }
