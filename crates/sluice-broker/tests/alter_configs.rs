@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use sluice_broker::BrokerConfig;
 
-use common::{create_topic, name, versions, Client};
+use common::{create_topic, produce_to, start_broker_in, versions, Client};
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
@@ -21,12 +20,7 @@ const APPEND: i8 = 2;
 const SUBTRACT: i8 = 3;
 
 async fn start(dir: &std::path::Path) -> sluice_broker::RunningBroker {
-    let config = BrokerConfig::from_pairs([
-        ("listeners", "127.0.0.1:0".to_string()),
-        ("log.dirs", dir.display().to_string()),
-    ])
-    .unwrap();
-    sluice_broker::start(config).await.unwrap()
+    start_broker_in(dir, &[]).await
 }
 
 fn text(value: &str) -> StrBytes {
@@ -126,18 +120,9 @@ async fn incremental(
 }
 
 async fn produce_code(client: &mut Client, topic: &str, batch: Vec<u8>) -> i16 {
-    let request = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(name(topic))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(Bytes::from(batch))),
-            ])]);
-    let response: ProduceResponse = client.call(ApiKey::Produce, 9, &request).await;
-    response.responses[0].partition_responses[0].error_code
+    produce_to(client, 9, topic, 1, Bytes::from(batch))
+        .await
+        .error_code
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,59 +6,24 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record};
 use kafka_protocol::ResponseError;
-use sluice_broker::BrokerConfig;
 
-use common::{create_topic, name, versions, Client};
+use common::{create_topic, encode, name, produce_to, record, start_broker, versions, Client};
 
 /// A batch of `count` records stamped `timestamp_ms`.
 fn record_batch(count: usize, timestamp_ms: i64) -> Bytes {
     let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: timestamp_ms,
-            key: None,
-            value: Some(Bytes::from(vec![b'v'; 100])),
-            headers: Default::default(),
-        })
+        .map(|i| record(i, timestamp_ms, None, Bytes::from(vec![b'v'; 100])))
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    encode(&records, Compression::None)
 }
 
 async fn start(extra: &[(&str, &str)]) -> (sluice_broker::RunningBroker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut pairs = vec![
-        ("listeners".to_string(), "127.0.0.1:0".to_string()),
-        ("log.dirs".to_string(), dir.path().display().to_string()),
-        // One 5-record batch per segment.
-        ("log.segment.bytes".to_string(), "600".to_string()),
-    ];
-    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let config = BrokerConfig::from_pairs(pairs).unwrap();
-    (sluice_broker::start(config).await.unwrap(), dir)
+    // One 5-record batch per segment.
+    start_broker(&[&[("log.segment.bytes", "600")], extra].concat()).await
 }
 
 async fn produce(
@@ -66,18 +31,7 @@ async fn produce(
     topic: &str,
     batch: Bytes,
 ) -> produce_response::PartitionProduceResponse {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(name(topic))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(batch)),
-            ])]);
-    let response: ProduceResponse = client.call(ApiKey::Produce, 9, &request).await;
-    let partition = response.responses[0].partition_responses[0].clone();
+    let partition = produce_to(client, 9, topic, -1, batch).await;
     assert_eq!(partition.error_code, 0);
     partition
 }

@@ -11,58 +11,30 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use sluice_broker::api::SUPPORTED_APIS;
-use sluice_broker::BrokerConfig;
 
-use common::{create_topic, name, versions, Client};
+use common::{create_topic, encode, name, produce_to, record, start_broker, versions, Client};
 
 fn record_batch(values: &[&str], timestamp_ms: i64) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
-        .map(|(i, value)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch where sequences are not consecutive.
-            sequence: i as i32,
-            timestamp: timestamp_ms + i as i64,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(value.to_string())),
-            headers: Default::default(),
+        .map(|(i, value)| {
+            let key = format!("key-{i}");
+            record(
+                i,
+                timestamp_ms + i as i64,
+                Some(&key),
+                Bytes::from(value.to_string()),
+            )
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    encode(&records, Compression::None)
 }
 
 async fn start() -> (sluice_broker::RunningBroker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = BrokerConfig::from_pairs([
-        ("listeners", "127.0.0.1:0".to_string()),
-        ("log.dirs", dir.path().display().to_string()),
-        ("num.partitions", "2".to_string()),
-    ])
-    .unwrap();
-    let broker = sluice_broker::start(config).await.unwrap();
-    (broker, dir)
+    start_broker(&[("num.partitions", "2")]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,18 +321,7 @@ async fn topic_admin_every_version() {
 }
 
 async fn produce(client: &mut Client, version: i16, topic: &str, acks: i16, batch: Bytes) -> i64 {
-    let request = ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(name(topic))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(batch)),
-            ])]);
-    let response: ProduceResponse = client.call(ApiKey::Produce, version, &request).await;
-    let partition = &response.responses[0].partition_responses[0];
+    let partition = produce_to(client, version, topic, acks, batch).await;
     assert_eq!(
         partition.error_code, 0,
         "produce v{version}: {:?}",
@@ -562,28 +523,13 @@ fn idempotent_batch(values: &[&str], producer_id: i64, epoch: i16, base_sequence
         .iter()
         .enumerate()
         .map(|(i, value)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
             producer_id,
             producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
             sequence: base_sequence + i as i32,
-            timestamp: 1_000,
-            key: None,
-            value: Some(Bytes::from(value.to_string())),
-            headers: Default::default(),
+            ..record(i, 1_000, None, Bytes::from(value.to_string()))
         })
         .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
-    buf.freeze()
+    encode(&records, Compression::None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,81 +4,24 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
-use sluice_broker::BrokerConfig;
 
-use common::{name, versions, Client};
+use common::{create_topic_with, encode, name, produce_to, record, start_broker, versions, Client};
 
 fn batch(keys: &[Option<&str>], compression: Compression) -> Bytes {
     let records: Vec<Record> = keys
         .iter()
         .enumerate()
-        .map(|(i, key)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1_000 + i as i64,
-            key: key.map(|k| Bytes::from(k.to_string())),
-            value: Some(Bytes::from(format!("value-{i}"))),
-            headers: Default::default(),
-        })
+        .map(|(i, key)| record(i, 1_000 + i as i64, *key, Bytes::from(format!("value-{i}"))))
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    encode(&records, compression)
 }
 
 async fn start() -> (sluice_broker::RunningBroker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = BrokerConfig::from_pairs([
-        ("listeners", "127.0.0.1:0".to_string()),
-        ("log.dirs", dir.path().display().to_string()),
-        ("num.partitions", "1".to_string()),
-    ])
-    .unwrap();
-    let broker = sluice_broker::start(config).await.unwrap();
-    (broker, dir)
-}
-
-async fn create_topic_with(client: &mut Client, topic: &str, configs: &[(&str, &str)]) {
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![create_topics_request::CreatableTopic::default()
-            .with_name(name(topic))
-            .with_num_partitions(1)
-            .with_replication_factor(1)
-            .with_configs(
-                configs
-                    .iter()
-                    .map(|(k, v)| {
-                        create_topics_request::CreatableTopicConfig::default()
-                            .with_name(StrBytes::from_string(k.to_string()))
-                            .with_value(Some(StrBytes::from_string(v.to_string())))
-                    })
-                    .collect(),
-            )])
-        .with_timeout_ms(5000);
-    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request).await;
-    assert_eq!(response.topics[0].error_code, 0, "{response:?}");
+    start_broker(&[("num.partitions", "1")]).await
 }
 
 async fn produce(
@@ -87,18 +30,7 @@ async fn produce(
     topic: &str,
     records: Bytes,
 ) -> produce_response::PartitionProduceResponse {
-    let request = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(name(topic))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records)),
-            ])]);
-    let mut response: ProduceResponse = client.call(ApiKey::Produce, version, &request).await;
-    response.responses.remove(0).partition_responses.remove(0)
+    produce_to(client, version, topic, 1, records).await
 }
 
 async fn fetch_first_batch(client: &mut Client, topic: &str) -> Bytes {

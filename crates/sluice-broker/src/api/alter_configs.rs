@@ -102,20 +102,73 @@ pub fn apply(
     result.map_err(|error: TopicError| (error.code(), error.to_string()))
 }
 
-pub fn resource_response(
-    resource_type: i8,
-    resource_name: StrBytes,
-    outcome: Result<(), Refusal>,
-) -> AlterConfigsResourceResponse {
-    let response = AlterConfigsResourceResponse::default()
-        .with_resource_type(resource_type)
-        .with_resource_name(resource_name);
-    match outcome {
-        Ok(()) => response,
-        Err((code, message)) => response
-            .with_error_code(code)
-            .with_error_message(Some(StrBytes::from_string(message))),
-    }
+/// The body of both handlers: alter every resource (`alter_one` of the calling module) and
+/// answer each. The two APIs' generated types differ but have the same fields.
+macro_rules! handle_alter {
+    ($ctx:expr, $request:expr, $api:literal, $response:ty, $resource_response:ty) => {{
+        let request = $request;
+        let outcomes = alter_each(
+            $api,
+            request
+                .resources
+                .iter()
+                .map(|r| (r.resource_type, &r.resource_name)),
+            |index, resource_type, name| {
+                let entries = &request.resources[index].configs;
+                alter_one(
+                    &$ctx.broker,
+                    resource_type,
+                    name,
+                    entries,
+                    request.validate_only,
+                )
+            },
+        );
+        let responses = request
+            .resources
+            .into_iter()
+            .zip(outcomes)
+            .map(|(resource, outcome)| {
+                let response = <$resource_response>::default()
+                    .with_resource_type(resource.resource_type)
+                    .with_resource_name(resource.resource_name);
+                match outcome {
+                    Ok(()) => response,
+                    Err((code, message)) => response
+                        .with_error_code(code)
+                        .with_error_message(Some(StrBytes::from_string(message))),
+                }
+            })
+            .collect();
+        $ctx.respond(&<$response>::default().with_responses(responses))
+    }};
+}
+pub(crate) use handle_alter;
+
+/// Runs `alter` on every resource in request order; a resource named twice is refused.
+pub fn alter_each<'a>(
+    api: &str,
+    resources: impl Iterator<Item = (i8, &'a StrBytes)>,
+    mut alter: impl FnMut(usize, i8, &str) -> Result<(), Refusal>,
+) -> Vec<Result<(), Refusal>> {
+    let mut seen: Vec<(i8, &StrBytes)> = Vec::new();
+    resources
+        .enumerate()
+        .map(|(index, (resource_type, name))| {
+            let outcome = if seen.contains(&(resource_type, name)) {
+                Err(invalid_request(
+                    "the resource is named twice in the request",
+                ))
+            } else {
+                seen.push((resource_type, name));
+                alter(index, resource_type, name.as_str())
+            };
+            if let Err((_, message)) = &outcome {
+                tracing::info!(api, resource = %name, %message, "configuration change refused");
+            }
+            outcome
+        })
+        .collect()
 }
 
 fn alter_one(
@@ -142,29 +195,11 @@ fn alter_one(
 }
 
 pub fn handle(ctx: &RequestContext, request: AlterConfigsRequest) -> Result<Bytes, ApiError> {
-    let mut seen = Vec::new();
-    let responses = request
-        .resources
-        .into_iter()
-        .map(|resource| {
-            let key = (resource.resource_type, resource.resource_name.to_string());
-            let outcome = if seen.contains(&key) {
-                Err(invalid_request("the resource is named twice in the request"))
-            } else {
-                seen.push(key);
-                alter_one(
-                    &ctx.broker,
-                    resource.resource_type,
-                    resource.resource_name.as_str(),
-                    &resource.configs,
-                    request.validate_only,
-                )
-            };
-            if let Err((_, message)) = &outcome {
-                tracing::info!(resource = %resource.resource_name, %message, "AlterConfigs refused");
-            }
-            resource_response(resource.resource_type, resource.resource_name, outcome)
-        })
-        .collect();
-    ctx.respond(&AlterConfigsResponse::default().with_responses(responses))
+    handle_alter!(
+        ctx,
+        request,
+        "AlterConfigs",
+        AlterConfigsResponse,
+        AlterConfigsResourceResponse
+    )
 }

@@ -10,7 +10,8 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 use kafka_protocol::protocol::StrBytes;
 
 use super::alter_configs::{
-    apply, current_overrides, invalid_config, invalid_request, target, Refusal, Target,
+    alter_each, apply, current_overrides, handle_alter, invalid_config, invalid_request, target,
+    Refusal, Target,
 };
 use super::{ApiError, RequestContext};
 use crate::broker::Broker;
@@ -140,45 +141,11 @@ pub fn handle(
     ctx: &RequestContext,
     request: IncrementalAlterConfigsRequest,
 ) -> Result<Bytes, ApiError> {
-    let mut seen = Vec::new();
-    let responses = request
-        .resources
-        .into_iter()
-        .map(|resource| {
-            let key = (resource.resource_type, resource.resource_name.to_string());
-            let outcome = if seen.contains(&key) {
-                Err(invalid_request("the resource is named twice in the request"))
-            } else {
-                seen.push(key);
-                alter_one(
-                    &ctx.broker,
-                    resource.resource_type,
-                    resource.resource_name.as_str(),
-                    &resource.configs,
-                    request.validate_only,
-                )
-            };
-            if let Err((_, message)) = &outcome {
-                tracing::info!(resource = %resource.resource_name, %message, "IncrementalAlterConfigs refused");
-            }
-            response(resource.resource_type, resource.resource_name, outcome)
-        })
-        .collect();
-    ctx.respond(&IncrementalAlterConfigsResponse::default().with_responses(responses))
-}
-
-fn response(
-    resource_type: i8,
-    resource_name: StrBytes,
-    outcome: Result<(), Refusal>,
-) -> AlterConfigsResourceResponse {
-    let response = AlterConfigsResourceResponse::default()
-        .with_resource_type(resource_type)
-        .with_resource_name(resource_name);
-    match outcome {
-        Ok(()) => response,
-        Err((code, message)) => response
-            .with_error_code(code)
-            .with_error_message(Some(StrBytes::from_string(message))),
-    }
+    handle_alter!(
+        ctx,
+        request,
+        "IncrementalAlterConfigs",
+        IncrementalAlterConfigsResponse,
+        AlterConfigsResourceResponse
+    )
 }
