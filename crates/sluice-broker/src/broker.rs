@@ -18,6 +18,8 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     /// Test-only produce response faults (off unless `test.fault.*` settings are set).
     pub faults: server::FaultSwitch,
+    /// Request and connection counters for the metrics endpoint.
+    pub metrics: Arc<crate::metrics::BrokerMetrics>,
     /// Turns true at shutdown: parked requests answer at once instead of waiting out
     /// their deadline.
     shutdown: watch::Receiver<bool>,
@@ -108,8 +110,23 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         replicas: Arc::clone(&replicas),
         groups: Arc::clone(&groups),
         faults,
+        metrics: Arc::default(),
         shutdown: shutdown_rx.clone(),
     });
+    let metrics_http = match crate::http::bind(&config).await? {
+        Some(listener) => {
+            let address = listener.local_addr().ok();
+            tracing::info!(
+                ?address,
+                "metrics endpoint listening (GET /metrics, GET /health)"
+            );
+            let limits = crate::http::HttpLimits::from_config(&config);
+            let serving =
+                crate::http::serve(listener, Arc::clone(&broker), limits, shutdown_rx.clone());
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     let checkpointer = tokio::spawn(Arc::clone(&replicas).run_checkpointer(shutdown_rx.clone()));
     let group_timers = tokio::spawn(groups.run(shutdown_rx.clone()));
     let retention = tokio::spawn(crate::retention::run_retention(
@@ -130,6 +147,9 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         let _ = retention.await;
         let _ = log_cleaner.await;
         let _ = producer_expiration.await;
+        if let Some(metrics_http) = metrics_http {
+            let _ = metrics_http.await;
+        }
         let flushing = Arc::clone(&replicas);
         let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
         tracing::info!("broker stopped; every partition flushed");

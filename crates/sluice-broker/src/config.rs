@@ -374,6 +374,34 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         kind: SettingKind::Int { min: 0, max: I32_MAX },
         doc: "TEST ONLY, never in production: delays every Produce response by this long after the request was executed (later responses on the connection wait behind it). 0 disables it.",
     },
+    SettingDef {
+        name: "metrics.listen",
+        aliases: &["metrics-listen"],
+        default: "",
+        kind: SettingKind::HostPort,
+        doc: "Address of the HTTP endpoint serving Prometheus metrics (GET /metrics) and GET /health, host:port; empty (the default) turns it off.",
+    },
+    SettingDef {
+        name: "metrics.max.connections",
+        aliases: &[],
+        default: "16",
+        kind: SettingKind::Int { min: 1, max: 10_000 },
+        doc: "HTTP connections the metrics endpoint serves at once; further ones are closed on accept.",
+    },
+    SettingDef {
+        name: "metrics.request.max.bytes",
+        aliases: &[],
+        default: "8192",
+        kind: SettingKind::Int { min: 256, max: 1_048_576 },
+        doc: "Largest HTTP request head the metrics endpoint reads; a larger one gets 431.",
+    },
+    SettingDef {
+        name: "metrics.request.timeout.ms",
+        aliases: &[],
+        default: "5000",
+        kind: SettingKind::Int { min: 1, max: 600_000 },
+        doc: "Longest time one metrics endpoint connection may take in total (read, render, write); then it is closed.",
+    },
 ];
 
 /// Looks up a setting by its name or one of its aliases.
@@ -701,6 +729,23 @@ impl BrokerConfig {
 
     pub fn queued_max_requests(&self) -> usize {
         self.usize_value("queued.max.requests")
+    }
+
+    /// The metrics endpoint address, `None` when off (`metrics.listen` empty).
+    pub fn metrics_listen(&self) -> Option<(String, u16)> {
+        parse_host_port(self.value("metrics.listen").unwrap_or("")).ok()
+    }
+
+    pub fn metrics_max_connections(&self) -> usize {
+        self.usize_value("metrics.max.connections")
+    }
+
+    pub fn metrics_request_max_bytes(&self) -> usize {
+        self.usize_value("metrics.request.max.bytes")
+    }
+
+    pub fn metrics_request_timeout_ms(&self) -> u64 {
+        u64::try_from(self.int("metrics.request.timeout.ms")).unwrap_or(5000)
     }
 
     pub fn group_initial_rebalance_delay_ms(&self) -> i32 {

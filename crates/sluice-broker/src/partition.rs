@@ -35,6 +35,8 @@ pub struct Partition {
     unsynced_records: AtomicI64,
     /// Set when the partition is deleted or the broker shuts down; stops the flusher.
     closed: watch::Sender<bool>,
+    /// Bytes and records in and out, for the metrics endpoint (lock-free counters).
+    pub metrics: crate::metrics::PartitionMetrics,
 }
 
 /// What a fetch of one partition found.
@@ -58,6 +60,7 @@ impl Partition {
             flush_wanted: Notify::new(),
             unsynced_records: AtomicI64::new(0),
             closed: watch::channel(false).0,
+            metrics: crate::metrics::PartitionMetrics::default(),
         })
     }
 
@@ -193,9 +196,11 @@ impl Partition {
         }
         self.unsynced_records.store(0, Ordering::Relaxed);
         let offset_end = target.offset_end;
+        let fsync_timer = crate::metrics::FsyncTimer::start();
         tokio::task::spawn_blocking(move || target.sync())
             .await
             .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+        drop(fsync_timer);
         self.log.lock().mark_synced(offset_end);
         self.synced_offset.send_if_modified(|synced| {
             let moved = offset_end > *synced;

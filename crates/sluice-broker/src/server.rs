@@ -135,6 +135,7 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let _open = broker.metrics.connection_opened();
     tracing::debug!(%peer, "connection opened");
     let (read_half, write_half) = stream.into_split();
     let depth = broker.config().queued_max_requests();
@@ -242,6 +243,7 @@ async fn dispatch_frame(
     frame: BytesMut,
     peer: SocketAddr,
 ) -> Result<Dispatched, CloseReason> {
+    let started = std::time::Instant::now();
     let mut frame = frame.freeze();
     let mut peek = &frame[..];
     let api_key_raw = peek.get_i16();
@@ -265,7 +267,7 @@ async fn dispatch_frame(
     let header = RequestHeader::decode(&mut frame, header_version)
         .map_err(|e| CloseReason::Fatal(format!("bad {api_key:?} request header: {e}")))?;
     match api::dispatch(broker, api_key, header, frame, Some(peer)).await {
-        Ok(dispatched) => Ok(dispatched),
+        Ok(dispatched) => Ok(broker.metrics.track_request(api_key, started, dispatched)),
         Err(ApiError::Decode(reason)) => Err(CloseReason::Fatal(format!(
             "bad {api_key:?} v{api_version} request: {reason}"
         ))),

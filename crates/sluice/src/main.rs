@@ -41,6 +41,10 @@ struct ServeArgs {
     /// Address given to clients in Metadata, host:port [default: the listener].
     #[arg(long)]
     advertise: Option<String>,
+    /// Address of the HTTP metrics endpoint (GET /metrics, GET /health), host:port
+    /// [default: off].
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Directory for logs and metadata [default: ./sluice-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -85,6 +89,9 @@ fn collect_settings(args: &ServeArgs) -> anyhow::Result<Vec<(String, String)>> {
     }
     if let Some(advertise) = &args.advertise {
         pairs.push(("advertised.listeners".into(), advertise.clone()));
+    }
+    if let Some(metrics_listen) = &args.metrics_listen {
+        pairs.push(("metrics.listen".into(), metrics_listen.clone()));
     }
     if let Some(dir) = &args.data_dir {
         pairs.push(("log.dirs".into(), dir.display().to_string()));

@@ -100,6 +100,7 @@ async fn fetch(ctx: RequestContext, request: FetchRequest) -> Result<Option<Byte
         .map(|name| FetchableTopicResponse::default().with_topic(name))
         .collect();
     for (target, data) in targets.iter().zip(partitions) {
+        crate::metrics::fetched(target.partition.as_deref(), &data);
         if let Some(topic) = responses.get_mut(target.topic_index) {
             topic.partitions.push(data);
         }

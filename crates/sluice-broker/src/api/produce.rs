@@ -156,6 +156,7 @@ fn append(
     let mut batch = records.to_vec();
     match partition.append(&mut batch, now_ms()) {
         Ok(info) => {
+            partition.metrics.produced(&info);
             if acks == -1 {
                 partition.request_sync();
             }
