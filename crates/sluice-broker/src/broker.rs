@@ -113,20 +113,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         metrics: Arc::default(),
         shutdown: shutdown_rx.clone(),
     });
-    let metrics_http = match crate::http::bind(&config).await? {
-        Some(listener) => {
-            let address = listener.local_addr().ok();
-            tracing::info!(
-                ?address,
-                "metrics endpoint listening (GET /metrics, GET /health)"
-            );
-            let limits = crate::http::HttpLimits::from_config(&config);
-            let serving =
-                crate::http::serve(listener, Arc::clone(&broker), limits, shutdown_rx.clone());
-            Some(tokio::spawn(serving))
-        }
-        None => None,
-    };
+    let metrics_http =
+        crate::http::spawn(&config, Arc::clone(&broker), shutdown_rx.clone()).await?;
     let checkpointer = tokio::spawn(Arc::clone(&replicas).run_checkpointer(shutdown_rx.clone()));
     let group_timers = tokio::spawn(groups.run(shutdown_rx.clone()));
     let retention = tokio::spawn(crate::retention::run_retention(

@@ -62,6 +62,27 @@ pub async fn bind(config: &BrokerConfig) -> Result<Option<TcpListener>, crate::S
     Ok(Some(listener))
 }
 
+/// Binds and spawns the endpoint when `metrics.listen` is set (else `None`); the task
+/// ends at shutdown.
+pub async fn spawn(
+    config: &BrokerConfig,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, crate::StartError> {
+    let Some(listener) = bind(config).await? else {
+        return Ok(None);
+    };
+    let address = listener.local_addr().ok();
+    tracing::info!(
+        ?address,
+        "metrics endpoint listening (GET /metrics, GET /health)"
+    );
+    let limits = HttpLimits::from_config(config);
+    Ok(Some(tokio::spawn(serve(
+        listener, broker, limits, shutdown,
+    ))))
+}
+
 /// Serves the endpoint until shutdown. Connections still open then are dropped: they
 /// only read metrics.
 pub async fn serve(
