@@ -142,37 +142,42 @@ impl FetchedPartition {
 
 /// A fetch written to the broker, not answered yet.
 pub struct PendingFetch {
-    partition: i32,
+    partitions: Vec<i32>,
     response: PendingResponse<FetchResponse>,
 }
 
 impl PendingFetch {
-    pub async fn wait(self) -> Result<FetchedPartition, ClientError> {
-        let partition = self.partition;
+    /// The answer of every partition asked for, in the order asked.
+    pub async fn wait(self) -> Result<Vec<FetchedPartition>, ClientError> {
         let response = self.response.wait().await?;
         if response.error_code != 0 {
-            return Err(fetch_error(partition, response.error_code));
+            return Err(fetch_error(-1, response.error_code));
         }
-        let answer = response
+        let mut answers: BTreeMap<i32, _> = response
             .responses
             .into_iter()
             .flat_map(|topic| topic.partitions.into_iter())
-            .find(|p| p.partition_index == partition)
-            .ok_or_else(|| {
+            .map(|p| (p.partition_index, p))
+            .collect();
+        let mut fetched = Vec::with_capacity(self.partitions.len());
+        for partition in self.partitions {
+            let answer = answers.remove(&partition).ok_or_else(|| {
                 ClientError::Protocol(format!("Fetch response without partition {partition}"))
             })?;
-        if answer.error_code != 0 {
-            return Err(fetch_error(partition, answer.error_code));
+            if answer.error_code != 0 {
+                return Err(fetch_error(partition, answer.error_code));
+            }
+            fetched.push(FetchedPartition {
+                partition,
+                high_watermark: answer.high_watermark,
+                log_start_offset: answer.log_start_offset,
+                batches: answer
+                    .records
+                    .map(|records| split_batches(&records))
+                    .unwrap_or_default(),
+            });
         }
-        Ok(FetchedPartition {
-            partition,
-            high_watermark: answer.high_watermark,
-            log_start_offset: answer.log_start_offset,
-            batches: answer
-                .records
-                .map(|records| split_batches(&records))
-                .unwrap_or_default(),
-        })
+        Ok(fetched)
     }
 }
 
@@ -219,13 +224,50 @@ impl Fetcher {
         })
     }
 
-    /// Sends a fetch of `partition` from `offset` (sessionless: every request names its
-    /// partition); await the returned [`PendingFetch`] for the records.
-    pub async fn fetch(&self, partition: i32, offset: i64) -> Result<PendingFetch, ClientError> {
-        let (connection, version) = self
-            .routes
-            .get(&partition)
-            .ok_or_else(|| ClientError::Protocol(format!("unknown partition {partition}")))?;
+    /// The partitions grouped by leader: one multi-partition fetch per group is what a
+    /// Kafka consumer sends. (Responses on a connection come back in request order, so a
+    /// long-polling fetch of an idle partition would delay the answers of the others
+    /// behind it; fetching a leader's partitions together avoids that.)
+    pub fn leader_groups(&self) -> Vec<Vec<i32>> {
+        let mut groups: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (partition, (connection, _)) in &self.routes {
+            groups
+                .entry(connection.address())
+                .or_default()
+                .push(*partition);
+        }
+        groups.into_values().collect()
+    }
+
+    /// Sends one sessionless fetch (every request names its partitions) of `positions`
+    /// (partition, offset), which must share a leader; await the returned
+    /// [`PendingFetch`] for the records. Calls for different partitions are pipelined on
+    /// the leader's connection.
+    pub async fn fetch(&self, positions: &[(i32, i64)]) -> Result<PendingFetch, ClientError> {
+        let Some((first, _)) = positions.first() else {
+            return Err(ClientError::Protocol("a fetch of no partition".to_string()));
+        };
+        let route = |partition: &i32| {
+            self.routes
+                .get(partition)
+                .ok_or_else(|| ClientError::Protocol(format!("unknown partition {partition}")))
+        };
+        let (connection, version) = route(first)?;
+        let mut partitions = Vec::with_capacity(positions.len());
+        for (partition, offset) in positions {
+            if !Arc::ptr_eq(&route(partition)?.0, connection) {
+                return Err(ClientError::Protocol(format!(
+                    "partitions {first} and {partition} have different leaders"
+                )));
+            }
+            partitions.push(
+                FetchPartition::default()
+                    .with_partition(*partition)
+                    .with_fetch_offset(*offset)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(self.config.partition_max_bytes),
+            );
+        }
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(self.config.max_wait_ms)
@@ -236,14 +278,10 @@ impl Fetcher {
             .with_session_epoch(-1)
             .with_topics(vec![FetchTopic::default()
                 .with_topic(self.topic.clone())
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(offset)
-                    .with_log_start_offset(-1)
-                    .with_partition_max_bytes(self.config.partition_max_bytes)])]);
+                .with_partitions(partitions)]);
         let response = connection.submit(*version, &request).await?;
         Ok(PendingFetch {
-            partition,
+            partitions: positions.iter().map(|(p, _)| *p).collect(),
             response,
         })
     }
