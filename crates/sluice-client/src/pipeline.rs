@@ -163,7 +163,8 @@ impl PipelinedConnection {
     }
 
     /// Writes a request at `version` and returns its pending response. Waits while
-    /// `max_in_flight` requests are outstanding.
+    /// `max_in_flight` requests are outstanding. Not cancel-safe: dropping the future
+    /// while it writes leaves a partial frame on the connection.
     pub async fn submit<R: Request>(
         &self,
         version: i16,
@@ -255,8 +256,14 @@ async fn read_one(
         .ok()
         .filter(|s| *s <= RESPONSE_BYTES_MAX)
         .ok_or_else(|| ClientError::Protocol(format!("response size {size}")))?;
-    let mut response = BytesMut::zeroed(size);
-    reader.read_exact(&mut response).await.map_err(io)?;
+    // Filled straight from the socket, without zeroing first.
+    let mut response = BytesMut::with_capacity(size);
+    let mut frame = (&mut *reader).take(size as u64);
+    while response.len() < size {
+        if frame.read_buf(&mut response).await.map_err(io)? == 0 {
+            return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     let mut response = response.freeze();
     let api = waiting.api;
     let header =

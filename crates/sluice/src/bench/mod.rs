@@ -136,7 +136,8 @@ struct Options {
     /// With `--rate`: how long a batch waits for more records after its first one.
     #[arg(long, default_value_t = 1)]
     linger_ms: u64,
-    /// Produce (or Fetch) requests in flight per connection.
+    /// Produce requests in flight per producer connection (consumers keep one Fetch per
+    /// partition in flight).
     #[arg(long, default_value_t = 5)]
     max_in_flight: usize,
     /// Connect and request timeout, also the wait for the last e2e messages.
@@ -176,9 +177,10 @@ impl Options {
         }
     }
 
-    fn fetch_config(&self) -> FetchConfig {
+    fn fetch_config(&self, layout: &TopicLayout) -> FetchConfig {
         FetchConfig {
-            max_in_flight: self.max_in_flight.max(64),
+            // One fetch per partition (consume) or per leader (e2e) is outstanding.
+            max_in_flight: layout.leaders.len().max(1),
             timeout: self.timeout().max(Duration::from_secs(5)),
             ..FetchConfig::default()
         }
@@ -400,7 +402,14 @@ async fn bench_consume(options: &Options) -> anyhow::Result<Report> {
     };
     let stop = Arc::new(StopCondition::new(Some(target)));
     let progress = Progress::start(options, "consume", Some(target), Arc::clone(&counters));
-    let outcome = run_consumer(&layout, &options.fetch_config(), &plan, stop, counters).await?;
+    let outcome = run_consumer(
+        &layout,
+        &options.fetch_config(&layout),
+        &plan,
+        stop,
+        counters,
+    )
+    .await?;
     let elapsed_sec = start.elapsed().as_secs_f64();
     drop(progress);
     Ok(Report {
@@ -437,7 +446,7 @@ async fn bench_e2e(options: &Options) -> anyhow::Result<Report> {
         deadline: None,
     };
     let consumer = {
-        let (layout, config) = (layout.clone(), options.fetch_config());
+        let (layout, config) = (layout.clone(), options.fetch_config(&layout));
         let (stop, consumed) = (Arc::clone(&stop), Arc::clone(&consumed));
         tokio::spawn(
             async move { run_consumer(&layout, &config, &consume_plan, stop, consumed).await },

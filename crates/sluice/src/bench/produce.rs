@@ -164,6 +164,10 @@ async fn sender(
         rate_per_sender(plan.rate_msgs_per_sec, plan.producers.max(1)),
     );
     let partitions = producer.partitions();
+    if partitions.is_empty() {
+        lock(&outcome).fail("the topic has no partitions".to_string());
+        return std::mem::replace(&mut *lock(&outcome), ProduceOutcome::new());
+    }
     let per_batch = records_per_batch(plan.batch_bytes, plan.message_bytes);
     let filler = filler(plan.message_bytes);
     let mut acks = JoinSet::new();
