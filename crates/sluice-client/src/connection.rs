@@ -73,6 +73,12 @@ impl Connection {
         &self.address
     }
 
+    /// The socket and the negotiated version ranges, for a
+    /// [`crate::pipeline::PipelinedConnection`] that keeps several requests in flight.
+    pub fn into_parts(self) -> (String, TcpStream, HashMap<i16, (i16, i16)>) {
+        (self.address, self.stream, self.broker_versions)
+    }
+
     async fn negotiate(&mut self) -> Result<(), ClientError> {
         // v0 is understood by every broker; it lists every API's range.
         let response = self

@@ -2,6 +2,14 @@
 
 pub mod admin;
 pub mod connection;
+pub mod fetcher;
+pub mod pipeline;
+pub mod producer;
+pub mod topics;
 
 pub use admin::Admin;
 pub use connection::{ClientError, Connection};
+pub use fetcher::{FetchConfig, Fetcher};
+pub use pipeline::PipelinedConnection;
+pub use producer::{BatchProducer, ProducerConfig};
+pub use topics::{ensure_topic, TopicLayout};

@@ -1,6 +1,7 @@
 //! `sluice`: the broker and its command-line tool.
 
 mod alloc_guard;
+mod bench;
 mod group_cmd;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Consumer groups: list, describe with lag, reset offsets.
     Group(group_cmd::GroupArgs),
+    /// Benchmark any Kafka-compatible broker: produce, consume, end-to-end latency.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -157,6 +160,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Group(args) => runtime.block_on(group_cmd::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
