@@ -9,6 +9,7 @@ pub mod log_cleaner;
 pub mod metadata_store;
 pub mod partition;
 pub mod replica_manager;
+pub mod response;
 pub mod retention;
 pub mod server;
 pub mod topic_config;
