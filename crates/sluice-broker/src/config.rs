@@ -179,6 +179,13 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "Upper bound on the bytes of one Fetch response, whatever the client asks.",
     },
     SettingDef {
+        name: "socket.sendfile.enable",
+        aliases: &[],
+        default: "true",
+        kind: SettingKind::Bool,
+        doc: "Send Fetch record bytes from segment files with sendfile(2); false reads them with pread and writes them like any response bytes.",
+    },
+    SettingDef {
         name: "min.insync.replicas",
         aliases: &[],
         default: "1",
@@ -709,6 +716,10 @@ impl BrokerConfig {
 
     pub fn socket_request_max_bytes(&self) -> usize {
         self.usize_value("socket.request.max.bytes")
+    }
+
+    pub fn socket_sendfile_enable(&self) -> bool {
+        self.value("socket.sendfile.enable") == Some("true")
     }
 
     pub fn fetch_max_bytes(&self) -> usize {

@@ -11,6 +11,7 @@ pub mod metadata_store;
 pub mod metrics;
 pub mod partition;
 pub mod replica_manager;
+pub mod response;
 pub mod retention;
 pub mod server;
 pub mod topic_config;

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::ApiKey;
 use sluice_log::AppendInfo;
+use sluice_log::ReadSlice;
 
 use crate::api::SUPPORTED_APIS;
 use crate::broker::Broker;
@@ -160,39 +160,12 @@ impl PartitionMetrics {
     }
 }
 
-/// Byte offset of `batchLength` and of `recordsCount` in a RecordBatch v2 header.
-const BATCH_LENGTH_AT: usize = 8;
-const RECORDS_COUNT_AT: usize = 57;
-const BATCH_HEADER_BYTES: usize = 61;
-
-/// Records in a run of whole RecordBatch v2 batches, read from the batch headers only
-/// (no per-record work). A truncated trailing batch, which a fetch may legally end
-/// with, is not counted.
-pub fn records_in_batches(mut bytes: &[u8]) -> u64 {
-    let mut records = 0u64;
-    while bytes.len() >= BATCH_HEADER_BYTES {
-        let field = |at: usize| {
-            i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let Ok(batch_length) = usize::try_from(field(BATCH_LENGTH_AT)) else {
-            break;
-        };
-        let batch_bytes = batch_length.saturating_add(12);
-        if batch_bytes > bytes.len() {
-            break;
-        }
-        records += u64::try_from(field(RECORDS_COUNT_AT)).unwrap_or(0);
-        bytes = &bytes[batch_bytes..];
-    }
-    records
-}
-
 /// Counts the records of one partition of a Fetch response that is about to be sent.
-pub fn fetched(partition: Option<&crate::partition::Partition>, data: &PartitionData) {
-    if let (Some(partition), Some(records)) = (partition, &data.records) {
-        partition
-            .metrics
-            .fetched(records.len(), records_in_batches(records));
+pub fn fetched(partition: Option<&crate::partition::Partition>, slice: Option<&ReadSlice>) {
+    if let (Some(partition), Some(slice)) = (partition, slice) {
+        // The batches are not in memory (sendfile): records are the offsets they cover.
+        let records = u64::try_from(slice.next_offset - slice.first_offset).unwrap_or(0);
+        partition.metrics.fetched(slice.len, records);
     }
 }
 
@@ -264,17 +237,28 @@ impl BrokerMetrics {
                 api.duration.observe(started.elapsed());
                 Dispatched::Now(frame)
             }
-            Dispatched::Later(pending) => {
-                let metrics = Arc::clone(self);
-                Dispatched::Later(Box::pin(async move {
-                    let outcome = pending.await;
-                    if let Some(api) = metrics.api(api_key) {
-                        api.duration.observe(started.elapsed());
-                    }
-                    outcome
-                }))
+            Dispatched::Later(pending) => Dispatched::Later(self.timed(api_key, started, pending)),
+            Dispatched::LaterParts(pending) => {
+                Dispatched::LaterParts(self.timed(api_key, started, pending))
             }
         }
+    }
+
+    /// `pending`, observing the request's duration when it completes.
+    fn timed<T: Send + 'static>(
+        self: &Arc<Self>,
+        api_key: ApiKey,
+        started: Instant,
+        pending: futures::future::BoxFuture<'static, T>,
+    ) -> futures::future::BoxFuture<'static, T> {
+        let metrics = Arc::clone(self);
+        Box::pin(async move {
+            let outcome = pending.await;
+            if let Some(api) = metrics.api(api_key) {
+                api.duration.observe(started.elapsed());
+            }
+            outcome
+        })
     }
 }
 
@@ -559,18 +543,13 @@ fn render_process(out: &mut String) {
 mod process {
     /// `sysconf` values; the fallbacks are Linux's usual ones.
     fn page_size_bytes() -> u64 {
-        // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
-        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
+        u64::try_from(rustix::param::page_size()).unwrap_or(4096)
     }
 
     fn clock_ticks_per_second() -> f64 {
-        // SAFETY: as above.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if ticks > 0 {
-            ticks as f64
-        } else {
-            100.0
+        match rustix::param::clock_ticks_per_second() {
+            0 => 100.0,
+            ticks => ticks as f64,
         }
     }
 
@@ -717,28 +696,6 @@ mod tests {
         assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 1);
         drop(second);
         assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 0);
-    }
-
-    fn batch(records: i32, payload_bytes: usize) -> Vec<u8> {
-        let mut bytes = vec![0u8; BATCH_HEADER_BYTES + payload_bytes];
-        let length = i32::try_from(bytes.len() - 12).unwrap();
-        bytes[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
-        bytes[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4].copy_from_slice(&records.to_be_bytes());
-        bytes
-    }
-
-    #[test]
-    fn records_are_counted_from_batch_headers_ignoring_a_truncated_tail() {
-        let mut bytes = batch(3, 40);
-        bytes.extend(batch(5, 0));
-        assert_eq!(records_in_batches(&bytes), 8);
-        let tail = batch(7, 100);
-        bytes.extend(&tail[..70]);
-        assert_eq!(records_in_batches(&bytes), 8);
-        assert_eq!(records_in_batches(&[]), 0);
-        let mut negative = batch(1, 0);
-        negative[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4].copy_from_slice(&(-5i32).to_be_bytes());
-        assert_eq!(records_in_batches(&negative), 0);
     }
 
     #[test]

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use sluice_log::{
-    prepare_batch, AppendInfo, BatchPolicy, Log, LogError, PendingDeletion, ReadSlice,
-    TimestampOffset,
+    prepare_batch_buf, AppendInfo, BatchBuf, BatchPolicy, Log, LogError, PendingDeletion, Prepared,
+    ReadSlice, TimestampOffset,
 };
 use tokio::sync::{watch, Notify};
 
@@ -68,11 +69,39 @@ impl Partition {
         self.settings.lock().clone()
     }
 
-    /// Appends one record batch (rewritten in place with its offset) and publishes the
-    /// new high watermark. Durability is separate: see [`Partition::wait_synced`].
+    /// Appends one record batch and publishes the new high watermark; `batch` ends up as
+    /// stored (shaped by the topic, with its offset). Durability is separate: see
+    /// [`Partition::wait_synced`].
+    pub fn append(&self, batch: &mut Vec<u8>, now_ms: i64) -> Result<AppendInfo, LogError> {
+        let mut buf = BatchBuf::Owned(std::mem::take(batch));
+        let result = self.append_buf(&mut buf, now_ms);
+        *batch = buf.into_vec();
+        let (info, _) = result?;
+        if !info.duplicate {
+            sluice_log::rewrite_header(batch, info.base_offset, SINGLE_NODE_LEADER_EPOCH);
+        }
+        Ok(info)
+    }
+
+    /// Appends a batch straight from the produce request's buffer: on the common path
+    /// (producer's codec kept, CreateTime, correct maxTimestamp) it is never copied; the
+    /// log writes the rewritten header and the rest of `batch` with one vectored write.
+    /// Also returns how the batch was prepared (its LogAppendTime, if stamped).
+    pub fn append_bytes(
+        &self,
+        batch: Bytes,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, Prepared), LogError> {
+        self.append_buf(&mut BatchBuf::Shared(batch), now_ms)
+    }
+
     /// The batch is validated and shaped by the topic's settings (codec, timestamp type,
     /// keys on compacted topics) first, outside the log lock: decompression can be slow.
-    pub fn append(&self, batch: &mut Vec<u8>, now_ms: i64) -> Result<AppendInfo, LogError> {
+    fn append_buf(
+        &self,
+        batch: &mut BatchBuf,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, Prepared), LogError> {
         let (flush_messages, policy) = {
             let settings = self.settings.lock();
             let policy = BatchPolicy {
@@ -83,16 +112,16 @@ impl Partition {
             };
             (settings.flush_messages, policy)
         };
-        prepare_batch(batch, &policy, now_ms)?;
+        let prepared = prepare_batch_buf(batch, &policy, now_ms)?;
         let (info, end) = {
             let mut log = self.log.lock();
-            let info = log.append(batch, SINGLE_NODE_LEADER_EPOCH, now_ms)?;
+            let info = log.append_batch(batch, SINGLE_NODE_LEADER_EPOCH, now_ms)?;
             (info, log.log_end_offset())
         };
         self.high_watermark.send_replace(end);
         if info.duplicate {
             // Nothing was written: the original batch is already counted (or synced).
-            return Ok(info);
+            return Ok((info, prepared));
         }
         let unsynced = self
             .unsynced_records
@@ -101,7 +130,7 @@ impl Partition {
         if unsynced >= flush_messages {
             self.flush_wanted.notify_one();
         }
-        Ok(info)
+        Ok((info, prepared))
     }
 
     /// Forgets idempotent producers idle for `expiration_ms`; returns how many.

@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, ApiError};
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
+use crate::response::{ResponsePart, ResponseParts};
+use sluice_log::ReadSlice;
 
 /// Test-only faults on Produce responses, to prove that idempotent producers' retries are
 /// deduplicated: the request is executed but the client never learns it was.
@@ -71,10 +73,11 @@ impl FaultSwitch {
         if delay.is_zero() {
             return dispatched;
         }
-        Dispatched::Later(Box::pin(async move {
+        Dispatched::LaterParts(Box::pin(async move {
             let frame = match dispatched {
-                Dispatched::Now(frame) => Ok(frame),
-                Dispatched::Later(pending) => pending.await,
+                Dispatched::Now(frame) => Ok(frame.map(ResponseParts::from)),
+                Dispatched::Later(pending) => pending.await.map(|f| f.map(ResponseParts::from)),
+                Dispatched::LaterParts(pending) => pending.await,
             };
             tokio::time::sleep(delay).await;
             frame
@@ -89,6 +92,8 @@ pub type ResponseFrame = Option<bytes::Bytes>;
 pub enum Dispatched {
     Now(ResponseFrame),
     Later(BoxFuture<'static, Result<ResponseFrame, ApiError>>),
+    /// A frame with file ranges (Fetch): see [`crate::response`].
+    LaterParts(BoxFuture<'static, Result<Option<ResponseParts>, ApiError>>),
 }
 
 /// Resolves once the flag turns true (or its sender is gone).
@@ -140,7 +145,8 @@ async fn serve_connection(
     let (read_half, write_half) = stream.into_split();
     let depth = broker.config().queued_max_requests();
     let (tx, rx) = mpsc::channel(depth);
-    let writer = tokio::spawn(write_responses(write_half, rx, peer));
+    let sendfile = broker.config().socket_sendfile_enable();
+    let writer = tokio::spawn(write_responses(write_half, rx, peer, sendfile));
     read_requests(read_half, peer, &broker, tx, shutdown).await;
     // The reader dropped its sender: the writer drains what is pending and ends.
     let _ = writer.await;
@@ -279,26 +285,32 @@ async fn dispatch_frame(
     }
 }
 
+/// Writes responses in request order. `sendfile`: file ranges go from the page cache to
+/// the socket with `sendfile(2)`; otherwise they are read with `pread` in chunks of
+/// [`PREAD_CHUNK_BYTES`] and written like any bytes.
 async fn write_responses(
     writer: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Dispatched>,
     peer: SocketAddr,
+    sendfile: bool,
 ) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
     while let Some(dispatched) = rx.recv().await {
         let frame = match dispatched {
-            Dispatched::Now(frame) => frame,
-            Dispatched::Later(pending) => match pending.await {
-                Ok(frame) => frame,
-                Err(error) => {
-                    tracing::error!(%peer, ?error, "request failed; closing connection");
-                    break;
-                }
-            },
+            Dispatched::Now(frame) => Ok(frame.map(ResponseParts::from)),
+            Dispatched::Later(pending) => pending.await.map(|f| f.map(ResponseParts::from)),
+            Dispatched::LaterParts(pending) => pending.await,
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::error!(%peer, ?error, "request failed; closing connection");
+                break;
+            }
         };
         if let Some(frame) = frame {
-            if let Err(error) = writer.write_all(&frame).await {
-                tracing::debug!(%peer, %error, "write failed");
+            if let Err(error) = write_frame(&mut writer, frame, sendfile).await {
+                tracing::warn!(%peer, %error, "response write failed; closing connection");
                 return;
             }
         }
@@ -311,4 +323,81 @@ async fn write_responses(
     }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+/// Bytes buffered before a socket write (responses of pipelined requests coalesce).
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes of a file range read per `pread` when `sendfile` is off: the memory a response
+/// costs is bounded by this, not by the fetch size.
+const PREAD_CHUNK_BYTES: usize = 64 * 1024;
+/// Largest count passed to one `sendfile` call (Linux moves at most 0x7ffff000 anyway).
+const SENDFILE_CALL_BYTES_MAX: usize = 1 << 30;
+
+/// Writes one frame's parts in order. Buffered bytes are flushed before a file range so
+/// that `sendfile`, which bypasses the buffer, keeps the order.
+async fn write_frame(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    frame: ResponseParts,
+    sendfile: bool,
+) -> std::io::Result<()> {
+    let mut chunk = Vec::new();
+    for part in frame.into_parts() {
+        match part {
+            ResponsePart::Bytes(bytes) => writer.write_all(&bytes).await?,
+            ResponsePart::File(slice) if sendfile => {
+                writer.flush().await?;
+                send_file_range(writer.get_ref().as_ref(), &slice).await?;
+            }
+            ResponsePart::File(slice) => {
+                let mut position = slice.position;
+                let mut remaining = slice.len;
+                while remaining > 0 {
+                    let len = remaining.min(PREAD_CHUNK_BYTES);
+                    chunk.resize(len, 0);
+                    std::os::unix::fs::FileExt::read_exact_at(&*slice.file, &mut chunk, position)?;
+                    writer.write_all(&chunk).await?;
+                    position += len as u64;
+                    remaining -= len;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends a file range to the socket with non-blocking `sendfile(2)`, waiting for write
+/// readiness on EAGAIN and continuing after short writes. The range's file may have been
+/// unlinked by retention since the fetch located it: the open descriptor still reads it.
+/// A file that ends inside the range (it cannot: segments only grow while open, and the
+/// range is below the high watermark) is an error, since the frame could not be completed.
+async fn send_file_range(stream: &TcpStream, slice: &ReadSlice) -> std::io::Result<()> {
+    let mut offset = slice.position;
+    let mut remaining = slice.len;
+    while remaining > 0 {
+        stream.writable().await?;
+        let count = remaining.min(SENDFILE_CALL_BYTES_MAX);
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream, &*slice.file, Some(&mut offset), count)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "segment file ended {remaining} bytes short of the fetched range at {}",
+                        slice.position
+                    ),
+                ))
+            }
+            Ok(sent) => remaining = remaining.saturating_sub(sent),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }

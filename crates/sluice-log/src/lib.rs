@@ -27,7 +27,7 @@ mod time_index;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use batch::{validate_for_append, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
+pub use batch::{rewrite_header, validate_for_append, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
 pub use checkpoint::{LOG_START_OFFSET_FILE, RECOVERY_POINT_FILE};
 pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
@@ -36,9 +36,9 @@ pub use producer_state::{
     increment_sequence, BatchMetadata, ProducerEntry, ProducerStateManager, BATCHES_PER_PRODUCER,
 };
 pub use records::{
-    compress, decompress, decompressed_limit_bytes, prepare_batch, walk_records, BatchPolicy,
-    Prepared, RecordsSummary, DECOMPRESSED_BYTES_CAP, DECOMPRESSED_BYTES_FLOOR,
-    DECOMPRESSION_RATIO_LIMIT, KEYLESS_ON_COMPACTED_MESSAGE,
+    compress, decompress, decompressed_limit_bytes, prepare_batch, prepare_batch_buf, walk_records,
+    BatchBuf, BatchPolicy, Prepared, RecordsSummary, DECOMPRESSED_BYTES_CAP,
+    DECOMPRESSED_BYTES_FLOOR, DECOMPRESSION_RATIO_LIMIT, KEYLESS_ON_COMPACTED_MESSAGE,
 };
 pub use recovery::RecoveryReport;
 pub use retention::{DeletedSegment, DeletionReason, PendingDeletion};

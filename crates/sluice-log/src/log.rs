@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use crate::batch::{rewrite_header, validate_for_append, BatchHeader};
+use crate::batch::{rewrite_header, validate_for_append, BatchHeader, BATCH_HEADER_BYTES};
 use crate::checkpoint::{
     read_log_start_offset, read_recovery_point, sync_dir, write_recovery_point,
 };
@@ -323,10 +323,28 @@ impl Log {
     }
 
     /// Validates one RecordBatch v2, assigns offsets from the log end, stamps the leader
-    /// epoch, rolls if needed and appends it with one write (no fsync).
+    /// epoch, rolls if needed and appends it with one write (no fsync). `batch` is rewritten
+    /// in place with its offset and epoch too; see [`Log::append_batch`] for a shared buffer.
     pub fn append(
         &mut self,
         batch: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let info = self.append_batch(batch, leader_epoch, now_ms)?;
+        if !info.duplicate {
+            rewrite_header(batch, info.base_offset, leader_epoch);
+        }
+        Ok(info)
+    }
+
+    /// [`Log::append`] without touching `batch`: baseOffset and partitionLeaderEpoch (both
+    /// outside the CRC) are rewritten in a copy of the 61-byte header on the stack, which
+    /// is written together with the rest of the batch, straight from the caller's buffer
+    /// (the produce request), by one vectored write.
+    pub fn append_batch(
+        &mut self,
+        batch: &[u8],
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
@@ -349,12 +367,24 @@ impl Log {
             .checked_add(i64::from(header.last_offset_delta))
             .ok_or_else(|| LogError::InvalidBatch("offsets overflow i64".to_string()))?;
         self.maybe_roll(batch.len(), last_offset, now_ms)?;
-        rewrite_header(batch, base_offset, leader_epoch);
+        let (head, body) = batch.split_at(BATCH_HEADER_BYTES.min(batch.len()));
+        let mut head_rewritten = [0u8; BATCH_HEADER_BYTES];
+        head_rewritten.copy_from_slice(
+            head.get(..BATCH_HEADER_BYTES).ok_or_else(|| {
+                LogError::CorruptBatch("batch shorter than its header".to_string())
+            })?,
+        );
+        rewrite_header(&mut head_rewritten, base_offset, leader_epoch);
         header.base_offset = base_offset;
         header.partition_leader_epoch = leader_epoch;
         let index_interval_bytes = self.config.index_interval_bytes;
-        self.active_segment()?
-            .append(batch, &header, index_interval_bytes, now_ms)?;
+        self.active_segment()?.append_parts(
+            &head_rewritten,
+            body,
+            &header,
+            index_interval_bytes,
+            now_ms,
+        )?;
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
         if header.producer_id >= 0 {
             self.producer_state.update(&header);

@@ -104,6 +104,62 @@ pub fn prepare_batch(
     policy: &BatchPolicy,
     now_ms: i64,
 ) -> Result<Prepared, LogError> {
+    let mut buf = BatchBuf::Owned(std::mem::take(batch));
+    let result = prepare_batch_buf(&mut buf, policy, now_ms);
+    *batch = buf.into_vec();
+    result
+}
+
+/// A produced batch that is copied only if the topic's policy must change it: the request's
+/// buffer is shared (`Bytes`) and stays untouched on the common path.
+#[derive(Debug, Clone)]
+pub enum BatchBuf {
+    Shared(bytes::Bytes),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for BatchBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BatchBuf::Shared(bytes) => bytes,
+            BatchBuf::Owned(vec) => vec,
+        }
+    }
+}
+
+impl BatchBuf {
+    /// The bytes to change, copied out of a shared buffer first.
+    pub fn to_mut(&mut self) -> &mut Vec<u8> {
+        match self {
+            BatchBuf::Owned(vec) => vec,
+            BatchBuf::Shared(bytes) => {
+                *self = BatchBuf::Owned(bytes.to_vec());
+                self.to_mut()
+            }
+        }
+    }
+
+    /// True while the bytes are still the shared buffer (never copied).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, BatchBuf::Shared(_))
+    }
+
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            BatchBuf::Shared(bytes) => bytes.to_vec(),
+            BatchBuf::Owned(vec) => vec,
+        }
+    }
+}
+
+/// [`prepare_batch`] on a [`BatchBuf`]: a shared buffer is copied only when the batch
+/// changes (re-encoding, LogAppendTime, a corrected maxTimestamp).
+pub fn prepare_batch_buf(
+    batch: &mut BatchBuf,
+    policy: &BatchPolicy,
+    now_ms: i64,
+) -> Result<Prepared, LogError> {
     let mut header = validate_for_append(batch, policy.max_batch_bytes)?;
     let codec = CompressionType::from_attributes(header.attributes)?;
     let target = policy.compression.unwrap_or(codec);
@@ -113,7 +169,13 @@ pub fn prepare_batch(
         check_keys(&summary, policy)?;
         if target != codec {
             let body = compress(target, &batch[BATCH_HEADER_BYTES..])?;
-            rebuild(batch, &mut header, target, &body, policy.max_batch_bytes)?;
+            rebuild(
+                batch.to_mut(),
+                &mut header,
+                target,
+                &body,
+                policy.max_batch_bytes,
+            )?;
             recompressed = true;
         }
         summary
@@ -127,7 +189,13 @@ pub fn prepare_batch(
                 CompressionType::None => records,
                 other => compress(other, &records)?,
             };
-            rebuild(batch, &mut header, target, &body, policy.max_batch_bytes)?;
+            rebuild(
+                batch.to_mut(),
+                &mut header,
+                target,
+                &body,
+                policy.max_batch_bytes,
+            )?;
             recompressed = true;
         }
         summary
@@ -149,6 +217,7 @@ pub fn prepare_batch(
     let rewritten =
         recompressed || attributes != header.attributes || max_timestamp != header.max_timestamp;
     if rewritten {
+        let batch = batch.to_mut();
         header.attributes = attributes;
         header.max_timestamp = max_timestamp;
         batch[ATTRIBUTES_START..ATTRIBUTES_START + 2].copy_from_slice(&attributes.to_be_bytes());

@@ -39,6 +39,35 @@ pub fn open_log_file(path: &Path, create: bool) -> Result<File, LogError> {
         .open(path)?)
 }
 
+/// Writes `head` then `body` at `offset` with `pwritev(2)`, repeating after short writes
+/// (one system call in practice).
+fn write_all_vectored_at(
+    file: &File,
+    mut head: &[u8],
+    mut body: &[u8],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    while !head.is_empty() || !body.is_empty() {
+        let bufs = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+        let written = match rustix::io::pwritev(file, &bufs, offset) {
+            Ok(written) => written,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += written as u64;
+        if written < head.len() {
+            head = &head[written..];
+        } else {
+            body = body.get(written - head.len()..).unwrap_or_default();
+            head = &[];
+        }
+    }
+    Ok(())
+}
+
 /// A segment of the log. `size_bytes` is the committed end: reads never go past it.
 #[derive(Debug)]
 pub struct Segment {
@@ -157,12 +186,26 @@ impl Segment {
         index_interval_bytes: u32,
         now_ms: i64,
     ) -> Result<(), LogError> {
+        self.append_parts(batch, &[], header, index_interval_bytes, now_ms)
+    }
+
+    /// Appends one validated batch given as two consecutive pieces (a rewritten header and
+    /// the rest, still in the request buffer) with one vectored positional write.
+    pub fn append_parts(
+        &mut self,
+        head: &[u8],
+        body: &[u8],
+        header: &BatchHeader,
+        index_interval_bytes: u32,
+        now_ms: i64,
+    ) -> Result<(), LogError> {
         let position = self.size_bytes;
-        let size_bytes = u32::try_from(batch.len()).map_err(|_| LogError::BatchTooLarge {
-            size: batch.len(),
+        let len = head.len().saturating_add(body.len());
+        let size_bytes = u32::try_from(len).map_err(|_| LogError::BatchTooLarge {
+            size: len,
             max: u32::MAX as usize,
         })?;
-        if let Err(error) = self.file.write_all_at(batch, u64::from(position)) {
+        if let Err(error) = write_all_vectored_at(&self.file, head, body, u64::from(position)) {
             // Cut whatever part of the batch reached the file; the next append overwrites it anyway.
             let _ = self.file.set_len(u64::from(position));
             return Err(error.into());

@@ -4,6 +4,10 @@
 //! `max_wait_ms`; meanwhile it waits on the high watermark of every partition it reads,
 //! so an append wakes it at once (Kafka's DelayedFetch).
 //!
+//! No per-record work: the log locates whole batches (`ReadSlice`: file, position, length)
+//! and the response carries those ranges (see `crate::response`); the connection's writer
+//! sends them with `sendfile` or `pread`.
+//!
 //! Fetch sessions (KIP-227) are not created: every response carries session id 0, which
 //! tells clients to keep sending full fetch requests.
 
@@ -15,12 +19,13 @@ use futures::future::select_all;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
-use sluice_log::LogError;
+use sluice_log::{LogError, ReadSlice};
 use tokio::sync::watch;
 
 use super::produce::log_error_code;
 use super::{ApiError, RequestContext};
 use crate::partition::Partition;
+use crate::response::{encode_fetch_frame, ResponseParts};
 use crate::server::Dispatched;
 
 /// Upper bound on how long one fetch may be parked, whatever the client asks.
@@ -37,13 +42,16 @@ struct FetchTarget {
 }
 
 pub fn handle(ctx: RequestContext, request: FetchRequest) -> Dispatched {
-    Dispatched::Later(Box::pin(async move { fetch(ctx, request).await }))
+    Dispatched::LaterParts(Box::pin(async move { fetch(ctx, request).await }))
 }
 
-async fn fetch(ctx: RequestContext, request: FetchRequest) -> Result<Option<Bytes>, ApiError> {
+async fn fetch(
+    ctx: RequestContext,
+    request: FetchRequest,
+) -> Result<Option<ResponseParts>, ApiError> {
     if let Some(code) = session_error(&request) {
         let response = FetchResponse::default().with_error_code(code);
-        return ctx.respond(&response).map(Some);
+        return ctx.respond(&response).map(|frame| Some(frame.into()));
     }
     let topics: Vec<TopicName> = request.topics.iter().map(|t| t.topic.clone()).collect();
     let mut targets = Vec::new();
@@ -99,14 +107,55 @@ async fn fetch(ctx: RequestContext, request: FetchRequest) -> Result<Option<Byte
         .into_iter()
         .map(|name| FetchableTopicResponse::default().with_topic(name))
         .collect();
-    for (target, data) in targets.iter().zip(partitions) {
-        crate::metrics::fetched(target.partition.as_deref(), &data);
-        if let Some(topic) = responses.get_mut(target.topic_index) {
+    let mut slices_by_topic: Vec<Vec<Option<ReadSlice>>> = vec![Vec::new(); responses.len()];
+    for (target, (data, slice)) in targets.iter().zip(partitions) {
+        if let (Some(topic), Some(slices)) = (
+            responses.get_mut(target.topic_index),
+            slices_by_topic.get_mut(target.topic_index),
+        ) {
+            crate::metrics::fetched(target.partition.as_deref(), slice.as_ref());
             topic.partitions.push(data);
+            slices.push(slice);
         }
     }
-    ctx.respond(&FetchResponse::default().with_responses(responses))
-        .map(Some)
+    // The order kafka-protocol encodes partitions in: topic by topic.
+    let slices: Vec<Option<ReadSlice>> = slices_by_topic.into_iter().flatten().collect();
+    let mut response = FetchResponse::default().with_responses(responses);
+    if let Some(frame) = encode_fetch_frame(
+        ctx.version(),
+        ctx.header.correlation_id,
+        &mut response,
+        &slices,
+    )? {
+        return Ok(Some(frame));
+    }
+    tracing::warn!("fetch response placeholders ambiguous; encoding the records from memory");
+    respond_from_memory(&ctx, response, &slices).map(Some)
+}
+
+/// The plain encoding: every file range read into memory (see `crate::response`).
+fn respond_from_memory(
+    ctx: &RequestContext,
+    mut response: FetchResponse,
+    slices: &[Option<ReadSlice>],
+) -> Result<ResponseParts, ApiError> {
+    let partitions = response
+        .responses
+        .iter_mut()
+        .flat_map(|topic| topic.partitions.iter_mut());
+    for (data, slice) in partitions.zip(slices) {
+        if let Some(slice) = slice {
+            match slice.read_to_vec() {
+                Ok(bytes) => data.records = Some(Bytes::from(bytes)),
+                Err(error) => {
+                    tracing::error!(partition = data.partition_index, %error, "fetch read failed");
+                    data.error_code = ResponseError::KafkaStorageError.code();
+                    data.records = Some(Bytes::new());
+                }
+            }
+        }
+    }
+    ctx.respond(&response).map(ResponseParts::from)
 }
 
 /// Kafka answers session ids it does not know with FETCH_SESSION_ID_NOT_FOUND; we
@@ -121,13 +170,14 @@ fn session_error(request: &FetchRequest) -> Option<i16> {
     None
 }
 
-/// Reads every target once. Returns the partition data, the record bytes gathered and
-/// whether any partition has an error (which answers the fetch at once).
+/// Locates every target's bytes once (no copy). Returns each partition's data with the file
+/// range of its records, the record bytes gathered and whether any partition has an error
+/// (which answers the fetch at once).
 fn read_all(
     targets: &[FetchTarget],
     response_bytes_max: usize,
     read_committed: bool,
-) -> (Vec<PartitionData>, usize, bool) {
+) -> (Vec<(PartitionData, Option<ReadSlice>)>, usize, bool) {
     let mut bytes_total = 0usize;
     let mut has_error = false;
     let mut out = Vec::with_capacity(targets.len());
@@ -140,12 +190,13 @@ fn read_all(
         };
         let Some(partition) = &target.partition else {
             has_error = true;
-            out.push(
+            out.push((
                 data.with_error_code(ResponseError::UnknownTopicOrPartition.code())
                     .with_high_watermark(-1)
                     .with_last_stable_offset(-1)
                     .with_records(Some(Bytes::new())),
-            );
+                None,
+            ));
             continue;
         };
         // KIP-74: only the first partition with data may exceed the limits (by one
@@ -167,33 +218,31 @@ fn read_all(
                 }
                 read
             });
-        let data = match result.and_then(|read| {
-            let records = match &read.slice {
-                Some(slice) => Bytes::from(slice.read_to_vec().map_err(LogError::Io)?),
-                None => Bytes::new(),
-            };
-            Ok((read, records))
-        }) {
-            Ok((read, records)) => {
-                bytes_total += records.len();
-                data.with_high_watermark(read.high_watermark)
+        let entry = match result {
+            Ok(read) => {
+                bytes_total += read.slice.as_ref().map_or(0, |slice| slice.len);
+                let data = data
+                    .with_high_watermark(read.high_watermark)
                     .with_last_stable_offset(read.high_watermark)
                     .with_log_start_offset(read.log_start_offset)
-                    .with_records(Some(records))
+                    .with_records(Some(Bytes::new()));
+                (data, read.slice.filter(|slice| slice.len > 0))
             }
             Err(error) => {
                 has_error = true;
                 if !matches!(error, LogError::OffsetOutOfRange { .. }) {
                     tracing::error!(topic = %partition.topic, partition = partition.index, %error, "fetch read failed");
                 }
-                data.with_error_code(log_error_code(&error))
+                let data = data
+                    .with_error_code(log_error_code(&error))
                     .with_high_watermark(partition.high_watermark())
                     .with_last_stable_offset(partition.high_watermark())
                     .with_log_start_offset(partition.log_start_offset())
-                    .with_records(Some(Bytes::new()))
+                    .with_records(Some(Bytes::new()));
+                (data, None)
             }
         };
-        out.push(data);
+        out.push(entry);
     }
     (out, bytes_total, has_error)
 }

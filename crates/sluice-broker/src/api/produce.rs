@@ -152,17 +152,15 @@ fn append(
             ),
         );
     }
-    // The log rewrites the base offset in place; the request buffer is shared, so copy.
-    let mut batch = records.to_vec();
-    match partition.append(&mut batch, now_ms()) {
-        Ok(info) => {
+    // Straight from the request buffer: copied only if the topic's policy changes the batch.
+    match partition.append_bytes(records, now_ms()) {
+        Ok((info, prepared)) => {
             partition.metrics.produced(&info);
             if acks == -1 {
                 partition.request_sync();
             }
             // The stored header says whether the topic stamped LogAppendTime (-1 otherwise).
-            let log_append_time_ms = BatchHeader::parse(&batch)
-                .ok()
+            let log_append_time_ms = Some(prepared.header)
                 .filter(BatchHeader::is_log_append_time)
                 .map_or(-1, |header| header.max_timestamp);
             let mut response = PartitionProduceResponse::default()

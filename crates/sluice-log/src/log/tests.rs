@@ -515,3 +515,26 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn append_batch_leaves_the_buffer_untouched_and_stores_the_rewritten_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..4i64 {
+        let sent = batch(2, 100 + i as usize, 1_000 + i);
+        let before = sent.clone();
+        let info = log.append_batch(&sent, 9, 0).unwrap();
+        assert_eq!(sent, before, "the caller's buffer is not written to");
+        assert_eq!(info.base_offset, 2 * i);
+        expected.extend_from_slice(&stamped(&sent, 2 * i, 9));
+    }
+    let slice = log.read(0, 1 << 20, i64::MAX).unwrap().unwrap();
+    assert_eq!(slice.read_to_vec().unwrap(), expected);
+    drop(log);
+    // And recovery (which checks CRCs) accepts what the vectored writes stored.
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    assert_eq!(log.log_end_offset(), 8);
+    assert_eq!(log.recovery_report().bytes_truncated, 0);
+    assert_eq!(log.recovery_report().batches_verified, 4);
+}

@@ -553,3 +553,49 @@ proptest! {
         let _ = prepare_batch(&mut batch, &BatchPolicy { compression: Some(CompressionType::Zstd), require_keys: true, ..plain() }, 0);
     }
 }
+
+#[test]
+fn the_common_path_never_copies_a_shared_batch() {
+    for codec in ALL_CODECS {
+        let sent = Bytes::from(encode_batch(&[10, 30, 20], 200, test_compression(codec)));
+        let mut buf = BatchBuf::Shared(sent.clone());
+        let prepared = prepare_batch_buf(&mut buf, &plain(), 99).unwrap();
+        assert!(
+            buf.is_shared(),
+            "{codec:?}: copied although nothing changed"
+        );
+        assert!(!prepared.rewritten && !prepared.recompressed);
+        assert_eq!(&buf[..], &sent[..]);
+        match &buf {
+            BatchBuf::Shared(bytes) => assert_eq!(bytes.as_ptr(), sent.as_ptr()),
+            BatchBuf::Owned(_) => panic!("owned"),
+        }
+    }
+}
+
+#[test]
+fn a_policy_that_changes_the_batch_copies_it_and_leaves_the_shared_buffer_alone() {
+    let policies = [
+        BatchPolicy {
+            timestamp_type: TimestampType::LogAppendTime,
+            ..plain()
+        },
+        BatchPolicy {
+            compression: Some(CompressionType::Zstd),
+            ..plain()
+        },
+    ];
+    for policy in policies {
+        let original = encode_batch(&[1, 2, 3], 50, TestCompression::None);
+        let sent = Bytes::from(original.clone());
+        let mut buf = BatchBuf::Shared(sent.clone());
+        let prepared = prepare_batch_buf(&mut buf, &policy, 777).unwrap();
+        assert!(!buf.is_shared());
+        assert!(prepared.rewritten);
+        assert_eq!(&sent[..], &original[..], "the request buffer is untouched");
+        let mut owned = original.clone();
+        let expected = prepare_batch(&mut owned, &policy, 777).unwrap();
+        assert_eq!(prepared, expected);
+        assert_eq!(&buf[..], &owned[..], "same bytes as the owned path");
+    }
+}
