@@ -110,9 +110,9 @@ def cpu_model():
 
 
 class Broker:
-    def __init__(self, binary, work, extra_args):
+    def __init__(self, binary, work, extra_args, data=None):
         self.port = free_port()
-        self.data = work / f"data-{self.port}"
+        self.data = data or work / f"data-{self.port}"
         self.log_path = work / f"broker-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
@@ -261,7 +261,8 @@ def summarise(runs, **labels):
 # ---- report -------------------------------------------------------------------------
 
 
-def report(machine, produce_rows, consume_rows, e2e_rows, idle_rss, peak_rss, commit):
+def report(machine, produce_rows, consume_rows, pread_rows, e2e_rows, idle_rss, peak_rss,
+           commit):
     disk = machine["disk_write_fdatasync_mb_s"]
     loopback = machine["loopback_mb_s"]
     lines = [
@@ -295,12 +296,13 @@ def report(machine, produce_rows, consume_rows, e2e_rows, idle_rss, peak_rss, co
         "Consumer throughput from the page cache (`sluice bench consume` of a produce run's "
         "topic, 8 partitions):",
         "",
-        "| message | msgs/s | MB/s | of loopback |",
-        "| --- | --- | --- | --- |",
+        "| message | msgs/s | MB/s | of loopback | pread baseline MB/s | sendfile / pread |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for row in consume_rows:
+    for row, base in zip(consume_rows, pread_rows):
         lines.append(f"| {row['message_bytes']} B | {row['msgs_per_sec']:,.0f} | "
-                     f"{row['mb_per_sec']:.1f} | {row['mb_per_sec'] / loopback:.0%} |")
+                     f"{row['mb_per_sec']:.1f} | {row['mb_per_sec'] / loopback:.0%} | "
+                     f"{base['mb_per_sec']:.1f} | {row['mb_per_sec'] / base['mb_per_sec']:.2f} |")
     lines += [
         "",
         "End-to-end latency at a fixed 50 MB/s (`sluice bench e2e --rate "
@@ -318,7 +320,7 @@ def report(machine, produce_rows, consume_rows, e2e_rows, idle_rss, peak_rss, co
         f"Broker resident memory: idle {idle_rss / MIB:.1f} MiB, peak during the produce "
         f"matrix {peak_rss / MIB:.1f} MiB.",
     ]
-    errors = sum(r["errors"] for r in produce_rows + consume_rows + e2e_rows)
+    errors = sum(r["errors"] for r in produce_rows + consume_rows + pread_rows + e2e_rows)
     if errors:
         lines.append(f"\n**{errors} request errors during the runs: see the broker log.**")
     return "\n".join(lines)
@@ -345,10 +347,19 @@ def main():
             e2e_rows = e2e_matrix(binary, broker)
         finally:
             broker.stop()
-        print(report(machine, produce_rows, consume_rows, e2e_rows, idle_rss, peak_rss,
-                     commit))
+        # Baseline: the same reads with sendfile off (pread into memory, then write).
+        log("consume baseline with socket.sendfile.enable=false")
+        pread_broker = Broker(binary, work, EXTRA_BROKER_ARGS +
+                              ["--set", "socket.sendfile.enable=false"], data=broker.data)
+        try:
+            pread_rows = consume_matrix(binary, pread_broker)
+        finally:
+            pread_broker.stop()
+        print(report(machine, produce_rows, consume_rows, pread_rows, e2e_rows, idle_rss,
+                     peak_rss, commit))
         print("\n<!-- raw: " + json.dumps({"machine": machine, "produce": produce_rows,
-                                           "consume": consume_rows, "e2e": e2e_rows}) + " -->")
+                                           "consume": consume_rows, "consume_pread": pread_rows,
+                                           "e2e": e2e_rows}) + " -->")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
