@@ -104,20 +104,7 @@ impl Connection {
         api: ApiKey,
         ours: std::ops::RangeInclusive<i16>,
     ) -> Result<i16, ClientError> {
-        let unsupported = || ClientError::UnsupportedApi {
-            api,
-            min: *ours.start(),
-            max: *ours.end(),
-        };
-        let (broker_min, broker_max) = *self
-            .broker_versions
-            .get(&(api as i16))
-            .ok_or_else(unsupported)?;
-        let version = broker_max.min(*ours.end());
-        if version < broker_min.max(*ours.start()) {
-            return Err(unsupported());
-        }
-        Ok(version)
+        negotiate_version(&self.broker_versions, api, ours)
     }
 
     /// Sends a request at the best common version within `ours`.
@@ -193,4 +180,24 @@ impl Connection {
         self.stream.read_exact(&mut response).await.map_err(io)?;
         Ok(Bytes::from(response))
     }
+}
+
+/// The highest version of `api` both sides speak: ours, and the broker's from ApiVersions
+/// (`broker_versions`: api key -> (min, max)).
+pub(crate) fn negotiate_version(
+    broker_versions: &HashMap<i16, (i16, i16)>,
+    api: ApiKey,
+    ours: std::ops::RangeInclusive<i16>,
+) -> Result<i16, ClientError> {
+    let unsupported = || ClientError::UnsupportedApi {
+        api,
+        min: *ours.start(),
+        max: *ours.end(),
+    };
+    let (broker_min, broker_max) = *broker_versions.get(&(api as i16)).ok_or_else(unsupported)?;
+    let version = broker_max.min(*ours.end());
+    if version < broker_min.max(*ours.start()) {
+        return Err(unsupported());
+    }
+    Ok(version)
 }

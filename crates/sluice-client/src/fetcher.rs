@@ -203,20 +203,14 @@ impl Fetcher {
         layout: &TopicLayout,
         config: FetchConfig,
     ) -> Result<Fetcher, ClientError> {
-        let mut by_leader: BTreeMap<String, (Arc<PipelinedConnection>, i16)> = BTreeMap::new();
-        let mut routes = BTreeMap::new();
-        for (partition, leader) in &layout.leaders {
-            if !by_leader.contains_key(leader) {
-                let connection =
-                    PipelinedConnection::connect(leader, config.timeout, config.max_in_flight)
-                        .await?;
-                let version = connection.version_for(ApiKey::Fetch, FETCH_VERSIONS)?;
-                by_leader.insert(leader.clone(), (Arc::new(connection), version));
-            }
-            if let Some(route) = by_leader.get(leader) {
-                routes.insert(*partition, route.clone());
-            }
-        }
+        let routes = layout
+            .connect_leaders(
+                ApiKey::Fetch,
+                FETCH_VERSIONS,
+                config.timeout,
+                config.max_in_flight,
+            )
+            .await?;
         Ok(Fetcher {
             topic: TopicName(StrBytes::from_string(layout.topic.clone())),
             routes,

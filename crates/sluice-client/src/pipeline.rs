@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 
-use crate::connection::{ClientError, Connection, RESPONSE_BYTES_MAX};
+use crate::connection::{negotiate_version, ClientError, Connection, RESPONSE_BYTES_MAX};
 
 /// A request written to the socket whose response has not arrived yet.
 struct Waiting {
@@ -113,20 +113,7 @@ impl PipelinedConnection {
         api: ApiKey,
         ours: std::ops::RangeInclusive<i16>,
     ) -> Result<i16, ClientError> {
-        let unsupported = || ClientError::UnsupportedApi {
-            api,
-            min: *ours.start(),
-            max: *ours.end(),
-        };
-        let (broker_min, broker_max) = *self
-            .broker_versions
-            .get(&(api as i16))
-            .ok_or_else(unsupported)?;
-        let version = broker_max.min(*ours.end());
-        if version < broker_min.max(*ours.start()) {
-            return Err(unsupported());
-        }
-        Ok(version)
+        negotiate_version(&self.broker_versions, api, ours)
     }
 
     fn frame<R: Request>(

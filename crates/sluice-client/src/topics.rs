@@ -2,6 +2,7 @@
 //! producer and fetcher work against any Kafka-compatible broker.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::*;
@@ -9,6 +10,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::connection::{ClientError, Connection};
+use crate::pipeline::PipelinedConnection;
 
 const NONE: i16 = 0;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -33,7 +35,35 @@ pub struct TopicLayout {
     pub leaders: BTreeMap<i32, String>,
 }
 
+/// Per partition, the (shared) pipelined connection to its leader and the version of the
+/// API it will be used for.
+pub type LeaderRoutes = BTreeMap<i32, (Arc<PipelinedConnection>, i16)>;
+
 impl TopicLayout {
+    /// Opens one pipelined connection per distinct leader and negotiates `api` on it.
+    pub async fn connect_leaders(
+        &self,
+        api: ApiKey,
+        ours: std::ops::RangeInclusive<i16>,
+        timeout: Duration,
+        max_in_flight: usize,
+    ) -> Result<LeaderRoutes, ClientError> {
+        let mut by_leader: BTreeMap<&str, (Arc<PipelinedConnection>, i16)> = BTreeMap::new();
+        let mut routes = BTreeMap::new();
+        for (partition, leader) in &self.leaders {
+            if !by_leader.contains_key(leader.as_str()) {
+                let connection =
+                    PipelinedConnection::connect(leader, timeout, max_in_flight).await?;
+                let version = connection.version_for(api, ours.clone())?;
+                by_leader.insert(leader, (Arc::new(connection), version));
+            }
+            if let Some(route) = by_leader.get(leader.as_str()) {
+                routes.insert(*partition, route.clone());
+            }
+        }
+        Ok(routes)
+    }
+
     pub fn partitions(&self) -> Vec<i32> {
         self.leaders.keys().copied().collect()
     }
