@@ -151,6 +151,20 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "Fsync a partition at least this often while it has unsynced records (acks=all always waits for fsync).",
     },
     SettingDef {
+        name: "log.flush.interval.bytes",
+        aliases: &[],
+        default: "1048576",
+        kind: SettingKind::Int { min: 1, max: i64::MAX },
+        doc: "Fsync a partition once this many bytes are not yet on disk (Sluice's own setting): many small flushes keep appends flowing, where one large flush stalls them while it writes.",
+    },
+    SettingDef {
+        name: "log.flush.method",
+        aliases: &[],
+        default: "fdatasync",
+        kind: SettingKind::Choice(&["fdatasync", "syncfs"]),
+        doc: "How group commits reach the disk: fdatasync (each partition fsyncs its own files) or syncfs (one syncfs(2) of the data directory's filesystem covers every partition; fewer, larger flushes, for a data directory on a filesystem of its own).",
+    },
+    SettingDef {
         name: "log.flush.offset.checkpoint.interval.ms",
         aliases: &[],
         default: "60000",
@@ -529,6 +543,8 @@ pub fn is_dynamic(name: &str) -> bool {
     const OTHERS: &[&str] = &[
         "producer.id.expiration.ms",
         "log.cleaner.backoff.ms",
+        "log.flush.method",
+        "log.flush.interval.bytes",
         "log.retention.check.interval.ms",
     ];
     OTHERS.contains(&name)
@@ -728,6 +744,10 @@ impl BrokerConfig {
 
     pub fn log_flush_interval_messages(&self) -> i64 {
         self.int("log.flush.interval.messages")
+    }
+
+    pub fn log_flush_interval_bytes(&self) -> i64 {
+        self.int("log.flush.interval.bytes")
     }
 
     pub fn log_flush_interval_ms(&self) -> u64 {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod flush;
 pub mod group;
 pub mod http;
 pub mod log_cleaner;

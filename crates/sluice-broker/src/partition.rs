@@ -17,6 +17,7 @@ use sluice_log::{
 };
 use tokio::sync::{watch, Notify};
 
+use crate::flush::{DataDirSync, FlushMethod};
 use crate::topic_config::TopicSettings;
 
 /// The leader epoch of every partition on a single node.
@@ -32,8 +33,12 @@ pub struct Partition {
     /// Offset below which records are on disk.
     synced_offset: watch::Sender<i64>,
     flush_wanted: Notify,
+    /// The data directory's shared group commit, for `log.flush.method=syncfs`.
+    dir_sync: Arc<DataDirSync>,
     /// Records appended since the last fsync started, for `flush.messages`.
     unsynced_records: AtomicI64,
+    /// Bytes appended since the last fsync started, for `log.flush.interval.bytes`.
+    unsynced_bytes: AtomicI64,
     /// Set when the partition is deleted or the broker shuts down; stops the flusher.
     closed: watch::Sender<bool>,
     /// Bytes and records in and out, for the metrics endpoint (lock-free counters).
@@ -48,7 +53,13 @@ pub struct PartitionRead {
 }
 
 impl Partition {
-    pub fn new(topic: Arc<str>, index: i32, log: Log, settings: TopicSettings) -> Arc<Partition> {
+    pub fn new(
+        topic: Arc<str>,
+        index: i32,
+        log: Log,
+        settings: TopicSettings,
+        dir_sync: Arc<DataDirSync>,
+    ) -> Arc<Partition> {
         let end = log.log_end_offset();
         let synced = log.synced_offset();
         Arc::new(Partition {
@@ -59,7 +70,9 @@ impl Partition {
             high_watermark: watch::channel(end).0,
             synced_offset: watch::channel(synced).0,
             flush_wanted: Notify::new(),
+            dir_sync,
             unsynced_records: AtomicI64::new(0),
+            unsynced_bytes: AtomicI64::new(0),
             closed: watch::channel(false).0,
             metrics: crate::metrics::PartitionMetrics::default(),
         })
@@ -102,7 +115,7 @@ impl Partition {
         batch: &mut BatchBuf,
         now_ms: i64,
     ) -> Result<(AppendInfo, Prepared), LogError> {
-        let (flush_messages, policy) = {
+        let (flush_messages, flush_bytes, policy) = {
             let settings = self.settings.lock();
             let policy = BatchPolicy {
                 max_batch_bytes: settings.log.max_batch_bytes,
@@ -110,7 +123,7 @@ impl Partition {
                 timestamp_type: settings.timestamp_type,
                 require_keys: settings.log.cleanup_compact,
             };
-            (settings.flush_messages, policy)
+            (settings.flush_messages, settings.flush_bytes, policy)
         };
         let prepared = prepare_batch_buf(batch, &policy, now_ms)?;
         let (info, end) = {
@@ -127,7 +140,12 @@ impl Partition {
             .unsynced_records
             .fetch_add(i64::from(info.records_count), Ordering::Relaxed)
             + i64::from(info.records_count);
-        if unsynced >= flush_messages {
+        let batch_bytes = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        let unsynced_bytes = self
+            .unsynced_bytes
+            .fetch_add(batch_bytes, Ordering::Relaxed)
+            .saturating_add(batch_bytes);
+        if unsynced >= flush_messages || unsynced_bytes >= flush_bytes {
             self.flush_wanted.notify_one();
         }
         Ok((info, prepared))
@@ -224,11 +242,16 @@ impl Partition {
             return Ok(());
         }
         self.unsynced_records.store(0, Ordering::Relaxed);
+        self.unsynced_bytes.store(0, Ordering::Relaxed);
         let offset_end = target.offset_end;
+        let method = self.settings.lock().flush_method;
         let fsync_timer = crate::metrics::FsyncTimer::start();
-        tokio::task::spawn_blocking(move || target.sync())
-            .await
-            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+        match method {
+            FlushMethod::Fdatasync => tokio::task::spawn_blocking(move || target.sync())
+                .await
+                .map_err(|e| LogError::Io(std::io::Error::other(e)))??,
+            FlushMethod::Syncfs => self.dir_sync.sync().await?,
+        }
         drop(fsync_timer);
         self.log.lock().mark_synced(offset_end);
         self.synced_offset.send_if_modified(|synced| {

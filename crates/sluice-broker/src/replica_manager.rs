@@ -12,6 +12,7 @@ use sluice_log::{Log, LogError};
 use uuid::Uuid;
 
 use crate::config::{BrokerConfig, DynamicLayer};
+use crate::flush::DataDirSync;
 use crate::metadata_store::{MetadataError, MetadataStore, TopicRecord};
 use crate::partition::Partition;
 use crate::topic_config::{validate_topic_configs, TopicSettings};
@@ -97,6 +98,8 @@ pub struct ReplicaManager {
     /// whole when a dynamic setting changes.
     config: RwLock<Arc<BrokerConfig>>,
     data_dir: PathBuf,
+    /// Group commit of the whole data directory (`log.flush.method=syncfs`).
+    dir_sync: Arc<DataDirSync>,
     metadata: Mutex<MetadataStore>,
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
 }
@@ -113,14 +116,18 @@ impl ReplicaManager {
         for layer in [DynamicLayer::ClusterDefault, DynamicLayer::Broker] {
             load_dynamic_layer(&mut config, &metadata, layer);
         }
+        let dir_sync = Arc::new(DataDirSync::open(&data_dir).map_err(|e| {
+            TopicError::Storage(format!("cannot open {}: {e}", data_dir.display()))
+        })?);
         let mut topics = HashMap::new();
         for record in metadata.topics() {
-            let state = open_topic(&data_dir, &config, record.clone(), 0)?;
+            let state = open_topic(&data_dir, &dir_sync, &config, record.clone(), 0)?;
             topics.insert(record.name.clone(), state);
         }
         let manager = Arc::new(ReplicaManager {
             config: RwLock::new(Arc::new(config)),
             data_dir,
+            dir_sync,
             metadata: Mutex::new(metadata),
             topics: RwLock::new(topics),
         });
@@ -324,7 +331,13 @@ impl ReplicaManager {
             }
         }
         metadata.put_topic(record.clone())?;
-        let state = open_topic(&self.data_dir, &self.config(), record.clone(), 0)?;
+        let state = open_topic(
+            &self.data_dir,
+            &self.dir_sync,
+            &self.config(),
+            record.clone(),
+            0,
+        )?;
         for partition in &state.partitions {
             tokio::spawn(Arc::clone(partition).run_flusher());
         }
@@ -383,7 +396,13 @@ impl ReplicaManager {
         let mut record = current.record.clone();
         record.partitions = count;
         metadata.put_topic(record.clone())?;
-        let added = open_topic(&self.data_dir, &self.config(), record.clone(), existing)?;
+        let added = open_topic(
+            &self.data_dir,
+            &self.dir_sync,
+            &self.config(),
+            record.clone(),
+            existing,
+        )?;
         let mut partitions = current.partitions.clone();
         for partition in &added.partitions {
             tokio::spawn(Arc::clone(partition).run_flusher());
@@ -537,6 +556,7 @@ pub fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
 /// Opens partitions `first..record.partitions` of a topic.
 fn open_topic(
     data_dir: &Path,
+    dir_sync: &Arc<DataDirSync>,
     config: &BrokerConfig,
     record: TopicRecord,
     first: i32,
@@ -553,6 +573,7 @@ fn open_topic(
             index,
             log,
             settings.clone(),
+            Arc::clone(dir_sync),
         ));
     }
     Ok(Arc::new(TopicState { record, partitions }))

@@ -234,6 +234,10 @@ pub struct TopicSettings {
     pub log: LogConfig,
     pub flush_messages: i64,
     pub flush_ms: u64,
+    /// Broker-wide (`log.flush.interval.bytes`), no topic override.
+    pub flush_bytes: i64,
+    /// Broker-wide (`log.flush.method`), no topic override.
+    pub flush_method: crate::flush::FlushMethod,
     pub min_insync_replicas: i32,
     /// The codec to store batches in; `None` keeps the producer's (`compression.type=producer`).
     pub compression: Option<CompressionType>,
@@ -262,6 +266,11 @@ impl TopicSettings {
             },
             flush_messages: int("flush.messages"),
             flush_ms: u64::try_from(int("flush.ms")).unwrap_or(1000),
+            flush_bytes: broker.log_flush_interval_bytes(),
+            flush_method: crate::flush::FlushMethod::from_config_name(
+                broker.value("log.flush.method").unwrap_or_default(),
+            )
+            .unwrap_or_default(),
             min_insync_replicas: i32::try_from(int("min.insync.replicas")).unwrap_or(1),
             compression: CompressionType::from_config_name(text("compression.type")),
             timestamp_type: TimestampType::from_config_name(text("message.timestamp.type"))

@@ -94,46 +94,59 @@ pub fn encode_batch(
     Ok(buffer.freeze())
 }
 
-/// The acknowledgement of one produced batch.
-pub enum ProduceAck {
-    Pending {
-        partition: i32,
-        response: PendingResponse<ProduceResponse>,
-    },
-    /// acks=0: the broker sends nothing back.
-    NotRequested,
+/// The outcome of one partition's batch: its base offset (`None` with acks=0) or the
+/// broker's error for it.
+pub type PartitionAck = (i32, Result<Option<i64>, ClientError>);
+
+/// The acknowledgement of one Produce request (one batch per partition in it).
+pub struct ProduceAck {
+    partitions: Vec<i32>,
+    /// `None` with acks=0: the broker sends nothing back.
+    response: Option<PendingResponse<ProduceResponse>>,
 }
 
 impl ProduceAck {
-    /// Waits for the broker's answer: the batch's base offset, or `None` with acks=0.
-    pub async fn wait(self) -> Result<Option<i64>, ClientError> {
-        let (partition, response) = match self {
-            ProduceAck::NotRequested => return Ok(None),
-            ProduceAck::Pending {
-                partition,
-                response,
-            } => (partition, response.wait().await?),
+    /// Waits for the broker's answer: per partition of the request, in the order they were
+    /// given, the batch's base offset or the partition's error. The outer error is the
+    /// request's (connection lost, timeout): none of its batches is known to be written.
+    pub async fn wait(self) -> Result<Vec<PartitionAck>, ClientError> {
+        let Some(response) = self.response else {
+            return Ok(self.partitions.into_iter().map(|p| (p, Ok(None))).collect());
         };
-        let answer = response
+        let response = response.wait().await?;
+        let answers: BTreeMap<i32, (i16, i64)> = response
             .responses
             .iter()
             .flat_map(|topic| topic.partition_responses.iter())
-            .find(|p| p.index == partition)
-            .ok_or_else(|| {
-                ClientError::Protocol(format!("Produce response without partition {partition}"))
-            })?;
-        if answer.error_code != 0 {
-            let name = ResponseError::try_from_code(answer.error_code)
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            return Err(ClientError::Protocol(format!(
-                "Produce to partition {partition}: error {} ({name})",
-                answer.error_code
-            )));
-        }
-        Ok(Some(answer.base_offset))
+            .map(|p| (p.index, (p.error_code, p.base_offset)))
+            .collect();
+        Ok(self
+            .partitions
+            .into_iter()
+            .map(|partition| {
+                let result = match answers.get(&partition) {
+                    None => Err(ClientError::Protocol(format!(
+                        "Produce response without partition {partition}"
+                    ))),
+                    Some(&(0, base_offset)) => Ok(Some(base_offset)),
+                    Some(&(code, _)) => {
+                        let name = ResponseError::try_from_code(code)
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        Err(ClientError::Protocol(format!(
+                            "Produce to partition {partition}: error {code} ({name})"
+                        )))
+                    }
+                };
+                (partition, result)
+            })
+            .collect())
     }
 }
+
+/// The batches of one Produce request: the leader's connection, its Produce version and
+/// (partition, batch) pairs.
+type LeaderRequest<'a> = (&'a Arc<PipelinedConnection>, i16, Vec<(i32, Bytes)>);
 
 /// Sends encoded batches of one topic to the partitions' leaders.
 pub struct BatchProducer {
@@ -175,34 +188,70 @@ impl BatchProducer {
         &self.config
     }
 
-    /// Sends one encoded batch (from [`encode_batch`]) to `partition`'s leader. Returns once
-    /// the request is written (waiting while `max_in_flight` requests are outstanding); the
-    /// returned ack resolves when the broker answers.
+    /// Sends one encoded batch (from [`encode_batch`]) to `partition`'s leader; see
+    /// [`BatchProducer::send_many`].
     pub async fn send(&self, partition: i32, batch: Bytes) -> Result<ProduceAck, ClientError> {
-        let (connection, version) = self
-            .routes
-            .get(&partition)
-            .ok_or_else(|| ClientError::Protocol(format!("unknown partition {partition}")))?;
-        let timeout_ms = i32::try_from(self.config.timeout.as_millis()).unwrap_or(i32::MAX);
-        let request = ProduceRequest::default()
-            .with_acks(self.config.acks)
-            .with_timeout_ms(timeout_ms)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(self.topic.clone())
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch))])]);
-        if self.config.acks == 0 {
-            connection
-                .submit_without_response(*version, &request)
-                .await?;
-            return Ok(ProduceAck::NotRequested);
+        let mut acks = self.send_many(vec![(partition, batch)]).await?;
+        acks.pop()
+            .ok_or_else(|| ClientError::Protocol("no request was sent".to_string()))
+    }
+
+    /// Sends encoded batches (at most one per partition) as one Produce request per leader,
+    /// as Kafka's producers do: the broker appends them together and, with acks=all, waits
+    /// for one group commit per partition instead of one request round trip per batch.
+    /// Returns once the requests are written (waiting while `max_in_flight` requests are
+    /// outstanding on a connection); each ack resolves when its broker answers.
+    pub async fn send_many(
+        &self,
+        batches: Vec<(i32, Bytes)>,
+    ) -> Result<Vec<ProduceAck>, ClientError> {
+        // Group by leader connection, keeping the order of first appearance.
+        let mut requests: Vec<LeaderRequest<'_>> = Vec::new();
+        for (partition, batch) in batches {
+            let (connection, version) = self
+                .routes
+                .get(&partition)
+                .ok_or_else(|| ClientError::Protocol(format!("unknown partition {partition}")))?;
+            match requests
+                .iter_mut()
+                .find(|(c, _, _)| Arc::ptr_eq(c, connection))
+            {
+                Some((_, _, group)) => group.push((partition, batch)),
+                None => requests.push((connection, *version, vec![(partition, batch)])),
+            }
         }
-        let response = connection.submit(*version, &request).await?;
-        Ok(ProduceAck::Pending {
-            partition,
-            response,
-        })
+        let timeout_ms = i32::try_from(self.config.timeout.as_millis()).unwrap_or(i32::MAX);
+        let mut acks = Vec::with_capacity(requests.len());
+        for (connection, version, group) in requests {
+            let partitions: Vec<i32> = group.iter().map(|(p, _)| *p).collect();
+            let partition_data = group
+                .into_iter()
+                .map(|(index, batch)| {
+                    PartitionProduceData::default()
+                        .with_index(index)
+                        .with_records(Some(batch))
+                })
+                .collect();
+            let request = ProduceRequest::default()
+                .with_acks(self.config.acks)
+                .with_timeout_ms(timeout_ms)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(self.topic.clone())
+                    .with_partition_data(partition_data)]);
+            let response = if self.config.acks == 0 {
+                connection
+                    .submit_without_response(version, &request)
+                    .await?;
+                None
+            } else {
+                Some(connection.submit(version, &request).await?)
+            };
+            acks.push(ProduceAck {
+                partitions,
+                response,
+            });
+        }
+        Ok(acks)
     }
 }
 

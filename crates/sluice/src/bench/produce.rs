@@ -1,7 +1,8 @@
 //! Producer side of `sluice bench produce` and `e2e`: `--producers` senders, each with its
 //! own connections, building batches round-robin over the partitions at a fixed rate or as
-//! fast as the in-flight window allows.
+//! fast as the in-flight window allows (then one request carries a batch per partition).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -147,8 +148,68 @@ pub async fn run_producers(
     Ok(outcome)
 }
 
-/// One sender: builds batches (full at `batch_bytes`, or after `linger` when paced), sends
-/// each to the next partition and records latencies when acks arrive.
+/// Most bytes of batches in one unpaced Produce request (Kafka's `max.request.size`).
+const REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
+/// Where one sender is in its share of the messages.
+struct Source {
+    plan: ProducePlan,
+    pacer: Option<Pacer>,
+    /// Messages this sender makes; `None`: until the deadline.
+    count: Option<u64>,
+    next: u64,
+    per_batch: usize,
+    filler: Bytes,
+}
+
+impl Source {
+    /// The next batch's records and their stamps: full at `per_batch`, shorter at the end
+    /// of the run or (paced) when the batch has been open for `linger`. Empty at the end.
+    async fn fill_batch(&mut self) -> (Vec<OutgoingRecord>, Vec<u64>) {
+        let mut records = Vec::with_capacity(self.per_batch);
+        let mut stamps_us = Vec::with_capacity(self.per_batch);
+        let mut opened: Option<Instant> = None;
+        let timestamp_ms = now_ms();
+        while records.len() < self.per_batch {
+            if self.count.is_some_and(|c| self.next >= c) {
+                break;
+            }
+            let due = self.pacer.map(|p| p.intended(self.next));
+            let at = due.unwrap_or_else(Instant::now);
+            if self.plan.deadline.is_some_and(|d| at >= d) {
+                break;
+            }
+            if let Some(due) = due {
+                if due > Instant::now() {
+                    if opened.is_some_and(|open| due > open + self.plan.linger) {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+            }
+            let stamp_us = micros_since(self.plan.epoch, at);
+            records.push(OutgoingRecord {
+                timestamp_ms,
+                key: None,
+                value: Some(stamped_value(
+                    &self.filler,
+                    stamp_us,
+                    self.plan.message_bytes,
+                )),
+            });
+            stamps_us.push(stamp_us);
+            opened.get_or_insert_with(Instant::now);
+            self.next += 1;
+        }
+        (records, stamps_us)
+    }
+}
+
+/// One sender: builds batches (full at `batch_bytes`, or after `linger` when paced) for the
+/// partitions in turn and records latencies when acks arrive. Paced, each batch goes out
+/// alone as soon as it closes (latency first); unpaced, a request carries one full batch for
+/// each partition, up to `REQUEST_BYTES_MAX`, as a Kafka producer's sender drains every
+/// ready batch for a broker into one request (throughput first).
 async fn sender(
     producer: Arc<BatchProducer>,
     index: usize,
@@ -156,91 +217,93 @@ async fn sender(
     counters: Arc<Counters>,
 ) -> ProduceOutcome {
     let outcome = Arc::new(Mutex::new(ProduceOutcome::new()));
-    let count = plan
-        .messages
-        .map(|m| share_of(m, plan.producers.max(1), index));
-    let pacer = Pacer::new(
-        plan.start,
-        rate_per_sender(plan.rate_msgs_per_sec, plan.producers.max(1)),
-    );
     let partitions = producer.partitions();
     if partitions.is_empty() {
         lock(&outcome).fail("the topic has no partitions".to_string());
         return std::mem::replace(&mut *lock(&outcome), ProduceOutcome::new());
     }
-    let per_batch = records_per_batch(plan.batch_bytes, plan.message_bytes);
-    let filler = filler(plan.message_bytes);
+    let pacer = Pacer::new(
+        plan.start,
+        rate_per_sender(plan.rate_msgs_per_sec, plan.producers.max(1)),
+    );
+    let per_request = if pacer.is_some() {
+        1
+    } else {
+        partitions
+            .len()
+            .min(REQUEST_BYTES_MAX / plan.batch_bytes.max(1))
+            .max(1)
+    };
+    let mut source = Source {
+        count: plan
+            .messages
+            .map(|m| share_of(m, plan.producers.max(1), index)),
+        pacer,
+        next: 0,
+        per_batch: records_per_batch(plan.batch_bytes, plan.message_bytes),
+        filler: filler(plan.message_bytes),
+        plan,
+    };
     let mut acks = JoinSet::new();
-    let mut next: u64 = 0;
     let mut cursor = index;
-    loop {
-        let mut records = Vec::with_capacity(per_batch);
-        let mut stamps_us = Vec::with_capacity(per_batch);
-        let mut opened: Option<Instant> = None;
-        let timestamp_ms = now_ms();
-        while records.len() < per_batch {
-            if count.is_some_and(|c| next >= c) {
+    'requests: loop {
+        let mut batches = Vec::with_capacity(per_request);
+        let mut stamps: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+        while batches.len() < per_request {
+            let (records, stamps_us) = source.fill_batch().await;
+            if records.is_empty() {
                 break;
             }
-            let due = pacer.map(|p| p.intended(next));
-            let at = due.unwrap_or_else(Instant::now);
-            if plan.deadline.is_some_and(|d| at >= d) {
-                break;
-            }
-            if let Some(due) = due {
-                if due > Instant::now() {
-                    if opened.is_some_and(|open| due > open + plan.linger) {
-                        break;
-                    }
-                    tokio::time::sleep_until(due.into()).await;
+            let batch = match encode_batch(&records, source.plan.compression) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    lock(&outcome).fail(error.to_string());
+                    break 'requests;
                 }
-            }
-            let stamp_us = micros_since(plan.epoch, at);
-            records.push(OutgoingRecord {
-                timestamp_ms,
-                key: None,
-                value: Some(stamped_value(&filler, stamp_us, plan.message_bytes)),
-            });
-            stamps_us.push(stamp_us);
-            opened.get_or_insert_with(Instant::now);
-            next += 1;
+            };
+            let partition = partitions[cursor % partitions.len()];
+            cursor += 1;
+            batches.push((partition, batch));
+            stamps.insert(partition, stamps_us);
         }
-        if records.is_empty() {
+        if batches.is_empty() {
             break;
         }
-        let batch = match encode_batch(&records, plan.compression) {
-            Ok(batch) => batch,
-            Err(error) => {
-                lock(&outcome).fail(error.to_string());
-                break;
-            }
-        };
-        let partition = partitions[cursor % partitions.len()];
-        cursor += 1;
         let sent_at = Instant::now();
-        let ack = match producer.send(partition, batch).await {
-            Ok(ack) => ack,
+        let requests = match producer.send_many(batches).await {
+            Ok(requests) => requests,
             Err(error) => {
                 lock(&outcome).fail(error.to_string());
                 break;
             }
         };
-        let outcome = Arc::clone(&outcome);
-        let counters = Arc::clone(&counters);
-        let (epoch, paced, message_bytes) = (plan.epoch, pacer.is_some(), plan.message_bytes);
-        acks.spawn(async move {
-            let result = ack.wait().await;
-            let acked_at = Instant::now();
-            let mut outcome = lock(&outcome);
-            match result {
-                Ok(_) => {
+        for ack in requests {
+            let outcome = Arc::clone(&outcome);
+            let counters = Arc::clone(&counters);
+            let stamps = stamps.clone();
+            let (epoch, paced) = (source.plan.epoch, source.pacer.is_some());
+            let message_bytes = source.plan.message_bytes;
+            acks.spawn(async move {
+                let result = ack.wait().await;
+                let acked_at = Instant::now();
+                let mut outcome = lock(&outcome);
+                let answers = match result {
+                    Ok(answers) => answers,
+                    Err(error) => return outcome.fail(error.to_string()),
+                };
+                for (partition, answer) in answers {
+                    if let Err(error) = answer {
+                        outcome.fail(error.to_string());
+                        continue;
+                    }
+                    let stamps_us = stamps.get(&partition).map_or(&[][..], Vec::as_slice);
                     let n = stamps_us.len() as u64;
                     if paced {
                         let acked_us = micros_since(epoch, acked_at);
                         for stamp_us in stamps_us {
                             outcome
                                 .histogram
-                                .saturating_record(acked_us.saturating_sub(stamp_us));
+                                .saturating_record(acked_us.saturating_sub(*stamp_us));
                         }
                     } else {
                         let latency_us = micros_since(sent_at, acked_at);
@@ -252,9 +315,8 @@ async fn sender(
                     counters.messages.fetch_add(n, Ordering::Relaxed);
                     counters.bytes.fetch_add(bytes, Ordering::Relaxed);
                 }
-                Err(error) => outcome.fail(error.to_string()),
-            }
-        });
+            });
+        }
     }
     while let Some(joined) = acks.join_next().await {
         if let Err(error) = joined {
