@@ -17,6 +17,7 @@ Only the standard library is used. Needs: cargo, dd, iperf3 (apt-get install ipe
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -63,17 +64,38 @@ def dd_rate_mb(stderr):
     return int(match.group(1)) / float(match.group(2)) / 1e6
 
 
+def children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_seconds():
+    """CPU seconds all cores spent busy (not idle, not waiting for I/O) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
 def measure_machine(work):
     path = work / "dd.bin"
     count_mib = 256 if QUICK else 2048
-    writes, reads = [], []
+    writes, reads, cache_writes, cache_write_cpu = [], [], [], []
     for _ in range(RUNS):
         out = run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count_mib}",
                    "conv=fdatasync"])
         writes.append(dd_rate_mb(out.stderr))
         out = run(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
         reads.append(dd_rate_mb(out.stderr))
-    path.unlink()
+        path.unlink()
+        # Writing into page-cache pages the kernel has not used for a while: what every
+        # append costs the broker before any fsync (on a VM whose free memory goes back to
+        # the host, first touches of such pages are slow).
+        time.sleep(2)
+        cpu_before = children_cpu_seconds()
+        out = run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count_mib}"])
+        cache_write_cpu.append((children_cpu_seconds() - cpu_before) / (count_mib / 1024))
+        cache_writes.append(dd_rate_mb(out.stderr))
+        path.unlink()
     loopback = []
     port = free_port()
     server = subprocess.Popen(["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL,
@@ -95,6 +117,8 @@ def measure_machine(work):
         "cpu": cpu_model(),
         "disk_write_fdatasync_mb_s": statistics.median(writes),
         "page_cache_read_mb_s": statistics.median(reads),
+        "page_cache_write_mb_s": statistics.median(cache_writes),
+        "page_cache_write_cpu_sec_per_gib": statistics.median(cache_write_cpu),
         "loopback_mb_s": statistics.median(loopback),
     }
 
@@ -189,6 +213,48 @@ def bench(binary, mode, broker, **options):
 # ---- the matrix ---------------------------------------------------------------------
 
 
+def measured_produce(binary, broker, **options):
+    """One produce run with the broker's CPU and the whole machine's (client, broker and
+    kernel threads such as writeback) per GiB ingested."""
+    cpu_before, busy_before = broker.cpu_seconds(), machine_busy_seconds()
+    result = bench(binary, "produce", broker, duration=DURATION_SEC, **options)
+    gib = max(result["bytes"], 1) / GIB
+    result["broker_cpu_sec_per_gib"] = (broker.cpu_seconds() - cpu_before) / gib
+    result["machine_cpu_sec_per_gib"] = (machine_busy_seconds() - busy_before) / gib
+    return result
+
+
+# How acks=all throughput moves with what is in flight and how commits reach the disk:
+# (label, extra broker arguments, extra bench options).
+ACKS_ALL_VARIANTS = [
+    ("default (`log.flush.method=fdatasync`), 1 producer", [], {}),
+    ("`log.flush.method=syncfs`, 1 producer", ["--set", "log.flush.method=syncfs"], {}),
+    ("default, `--producers 2`", [], {"producers": 2}),
+    ("`log.flush.method=syncfs`, `--producers 2`", ["--set", "log.flush.method=syncfs"],
+     {"producers": 2}),
+]
+
+
+def acks_all_variants(binary, work):
+    """1 KiB, acks=all, 8 partitions, on a fresh broker per variant."""
+    rows = []
+    for label, broker_args, options in ACKS_ALL_VARIANTS:
+        broker = Broker(binary, work, EXTRA_BROKER_ARGS + broker_args)
+        try:
+            runs = []
+            for run_index in range(RUNS):
+                result = measured_produce(binary, broker, topic=f"variant-{run_index}",
+                                          partitions=8, message_bytes=1024, acks="all",
+                                          **options)
+                runs.append(result)
+                log(f"acks=all {label}: {result['mb_per_sec']:.1f} MB/s")
+            rows.append(summarise(runs, label=label))
+        finally:
+            broker.stop()
+            shutil.rmtree(broker.data, ignore_errors=True)
+    return rows
+
+
 def produce_matrix(binary, broker):
     rows = []
     peak_rss = 0
@@ -198,14 +264,11 @@ def produce_matrix(binary, broker):
                 runs = []
                 for run_index in range(RUNS):
                     topic = f"produce-{message_bytes}-{acks}-{partitions}-{run_index}"
-                    cpu_before = broker.cpu_seconds()
                     with RssSampler(broker) as sampler:
-                        result = bench(binary, "produce", broker, topic=topic,
-                                       partitions=partitions, message_bytes=message_bytes,
-                                       acks=acks, duration=DURATION_SEC)
-                    cpu = broker.cpu_seconds() - cpu_before
+                        result = measured_produce(binary, broker, topic=topic,
+                                                  partitions=partitions,
+                                                  message_bytes=message_bytes, acks=acks)
                     peak_rss = max(peak_rss, sampler.peak)
-                    result["broker_cpu_sec_per_gib"] = cpu / (result["bytes"] / GIB)
                     runs.append(result)
                     log(f"produce {message_bytes} B acks={acks} p={partitions}: "
                         f"{result['mb_per_sec']:.1f} MB/s")
@@ -255,8 +318,9 @@ def summarise(runs, **labels):
     summary["mb_per_sec"] = median(lambda r: r["mb_per_sec"])
     for key in ("p50_ms", "p99_ms", "p999_ms", "max_ms"):
         summary[key] = median(lambda r, key=key: r["latency"][key])
-    if "broker_cpu_sec_per_gib" in runs[0]:
-        summary["broker_cpu_sec_per_gib"] = median(lambda r: r["broker_cpu_sec_per_gib"])
+    for key in ("broker_cpu_sec_per_gib", "machine_cpu_sec_per_gib"):
+        if key in runs[0]:
+            summary[key] = median(lambda r, key=key: r[key])
     summary["errors"] = sum(r.get("errors", 0) for r in runs)
     return summary
 
@@ -264,8 +328,8 @@ def summarise(runs, **labels):
 # ---- report -------------------------------------------------------------------------
 
 
-def report(machine, produce_rows, consume_rows, pread_rows, e2e_rows, idle_rss, peak_rss,
-           commit):
+def report(machine, produce_rows, variant_rows, consume_rows, pread_rows, e2e_rows, idle_rss,
+           peak_rss, commit):
     disk = machine["disk_write_fdatasync_mb_s"]
     loopback = machine["loopback_mb_s"]
     lines = [
@@ -278,14 +342,16 @@ def report(machine, produce_rows, consume_rows, pread_rows, e2e_rows, idle_rss, 
         f"| memory | {machine['memory_gib']:.1f} GiB |",
         f"| disk write, `dd bs=1M conv=fdatasync` | {disk:.0f} MB/s |",
         f"| page-cache read, `dd bs=1M` | {machine['page_cache_read_mb_s']:.0f} MB/s |",
+        f"| page-cache write, `dd bs=1M` (no sync) | {machine['page_cache_write_mb_s']:.0f} MB/s, "
+        f"{machine['page_cache_write_cpu_sec_per_gib']:.2f} CPU s/GiB |",
         f"| loopback TCP, `iperf3 -c 127.0.0.1` | {loopback:.0f} MB/s |",
         "",
         "Producer throughput (`sluice bench produce --duration "
         f"{DURATION_SEC}`; latency = send to acknowledgement):",
         "",
         "| message | acks | partitions | msgs/s | MB/s | of disk | of loopback | p50 ms | p99 ms "
-        "| p99.9 ms | max ms | broker CPU s/GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| p99.9 ms | max ms | broker CPU s/GiB | machine CPU s/GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in produce_rows:
         lines.append(
@@ -293,7 +359,21 @@ def report(machine, produce_rows, consume_rows, pread_rows, e2e_rows, idle_rss, 
             f"{row['msgs_per_sec']:,.0f} | {row['mb_per_sec']:.1f} | "
             f"{row['mb_per_sec'] / disk:.0%} | {row['mb_per_sec'] / loopback:.0%} | "
             f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['p999_ms']:.2f} | "
-            f"{row['max_ms']:.2f} | {row['broker_cpu_sec_per_gib']:.2f} |")
+            f"{row['max_ms']:.2f} | {row['broker_cpu_sec_per_gib']:.2f} | "
+            f"{row['machine_cpu_sec_per_gib']:.2f} |")
+    lines += [
+        "",
+        "acks=all, 1 KiB, 8 partitions: what is in flight and how commits reach the disk "
+        "(a fresh broker per variant):",
+        "",
+        "| variant | MB/s | of disk | p50 ms | p99 ms | broker CPU s/GiB | machine CPU s/GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in variant_rows:
+        lines.append(
+            f"| {row['label']} | {row['mb_per_sec']:.1f} | {row['mb_per_sec'] / disk:.0%} | "
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['broker_cpu_sec_per_gib']:.2f} | "
+            f"{row['machine_cpu_sec_per_gib']:.2f} |")
     lines += [
         "",
         "Consumer throughput from the page cache (`sluice bench consume` of a produce run's "
@@ -323,7 +403,7 @@ def report(machine, produce_rows, consume_rows, pread_rows, e2e_rows, idle_rss, 
         f"Broker resident memory: idle {idle_rss / MIB:.1f} MiB, peak during the produce "
         f"matrix {peak_rss / MIB:.1f} MiB.",
     ]
-    errors = sum(r["errors"] for r in produce_rows + consume_rows + pread_rows + e2e_rows)
+    errors = sum(r["errors"] for r in produce_rows + variant_rows + consume_rows + pread_rows + e2e_rows)
     if errors:
         lines.append(f"\n**{errors} request errors during the runs: see the broker log.**")
     return "\n".join(lines)
@@ -359,9 +439,11 @@ def main():
             pread_rows = consume_matrix(binary, pread_broker)
         finally:
             pread_broker.stop()
-        print(report(machine, produce_rows, consume_rows, pread_rows, e2e_rows, idle_rss,
-                     peak_rss, commit))
+        variant_rows = acks_all_variants(binary, work)
+        print(report(machine, produce_rows, variant_rows, consume_rows, pread_rows, e2e_rows,
+                     idle_rss, peak_rss, commit))
         print("\n<!-- raw: " + json.dumps({"machine": machine, "produce": produce_rows,
+                                           "acks_all_variants": variant_rows,
                                            "consume": consume_rows, "consume_pread": pread_rows,
                                            "e2e": e2e_rows}) + " -->")
     finally:
