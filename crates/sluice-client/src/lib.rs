@@ -5,6 +5,7 @@ pub mod connection;
 pub mod fetcher;
 pub mod pipeline;
 pub mod producer;
+pub mod record;
 pub mod topics;
 
 pub use admin::Admin;
@@ -12,4 +13,5 @@ pub use connection::{ClientError, Connection};
 pub use fetcher::{FetchConfig, Fetcher};
 pub use pipeline::PipelinedConnection;
 pub use producer::{BatchProducer, ProducerConfig};
+pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata, TopicPartition};
 pub use topics::{ensure_topic, TopicLayout};
