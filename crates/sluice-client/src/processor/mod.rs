@@ -330,20 +330,14 @@ impl Processor {
     pub async fn drain(&self) -> Result<(), ProcessorError> {
         let mut changes = self.inner.changes.subscribe();
         loop {
-            {
-                let state = self.inner.lock();
-                if state.live == 0 {
-                    let halted: BTreeMap<TopicPartition, String> = state
-                        .partitions
-                        .iter()
-                        .filter_map(|(tp, p)| Some((tp.clone(), p.halted.clone()?)))
-                        .collect();
-                    return if halted.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(ProcessorError::DeadLetterFailed(halted))
-                    };
-                }
+            let idle = self.inner.lock().live == 0;
+            if idle {
+                let halted = self.halted_partitions();
+                return if halted.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ProcessorError::DeadLetterFailed(halted))
+                };
             }
             // The sender lives in `inner`, which `self` keeps alive.
             let _ = changes.changed().await;
@@ -403,6 +397,18 @@ impl Processor {
             }
             let _ = changes.changed().await;
         }
+    }
+
+    /// Partitions halted by a failed dead-letter publish, with the reason: the consumer
+    /// should pause them, then [`Processor::revoke`] them and seek back to the returned
+    /// offsets (or restart) once the dead-letter topic is writable again.
+    pub fn halted_partitions(&self) -> BTreeMap<TopicPartition, String> {
+        self.inner
+            .lock()
+            .partitions
+            .iter()
+            .filter_map(|(tp, p)| Some((tp.clone(), p.halted.clone()?)))
+            .collect()
     }
 
     pub fn metrics(&self) -> ProcessorMetrics {
@@ -955,6 +961,12 @@ mod tests {
             Err(ProcessorError::Halted { .. })
         ));
         assert_eq!(processor.metrics().dead_letter_failures, 1);
+        let halted = processor.halted_partitions();
+        assert_eq!(
+            halted.keys().collect::<Vec<_>>(),
+            [&TopicPartition::new("t", 0)]
+        );
+        assert!(halted[&TopicPartition::new("t", 0)].contains("dead-letter topic unavailable"));
         let revoked = processor.revoke(&[TopicPartition::new("t", 0)]).await;
         assert_eq!(revoked[&TopicPartition::new("t", 0)], 1);
         // Reassigned: the consumer seeks back to 1 and submits again.
