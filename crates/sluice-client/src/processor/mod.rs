@@ -986,7 +986,7 @@ mod tests {
                 let (started, release, handled) =
                     (started.clone(), release.clone(), handled.clone());
                 async move {
-                    if r.partition == 0 {
+                    if (r.partition, r.offset) == (0, 10) {
                         started.notify_one();
                         release.notified().await;
                     }
@@ -1012,9 +1012,14 @@ mod tests {
             let processor = processor.clone();
             async move { processor.revoke(&[TopicPartition::new("t", 0)]).await }
         });
-        // Until the revocation marked the partition, submits are accepted.
-        while processor.submit(record(0, 20, Some("other"))).await.is_ok() {
-            tokio::task::yield_now().await;
+        // An offset below those submitted is rejected as not increasing until the
+        // revocation marked the partition, then as revoked (nothing gets queued either way).
+        loop {
+            match processor.submit(record(0, 5, Some("other"))).await {
+                Err(ProcessorError::Revoked(_)) => break,
+                Err(ProcessorError::OffsetNotIncreasing { .. }) => tokio::task::yield_now().await,
+                other => panic!("unexpected {other:?}"),
+            }
         }
         assert!(
             !revoking.is_finished(),
