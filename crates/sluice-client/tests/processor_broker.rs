@@ -487,6 +487,8 @@ async fn redb_dedup_reopened_from_its_file_suppresses_a_replayed_record() {
         processor.drain().await.unwrap();
         assert_eq!(processor.metrics().handled, 5);
         assert_eq!(store.len().unwrap(), 5);
+        // Releases the processor's hold on the store so the file can be opened again.
+        processor.close().await.unwrap();
     }
     // A "restart": the store is reopened from its file by a new processor, and two payments
     // are delivered again next to a new one.
@@ -509,5 +511,154 @@ async fn redb_dedup_reopened_from_its_file_suppresses_a_replayed_record() {
         processor.committable()[&TopicPartition::new("payments", 0)],
         end[&0]
     );
+    broker.shutdown().await;
+}
+
+/// (partition, key, offset) of handled records, in the order they finished.
+type Finished = Arc<Mutex<Vec<(i32, Option<Bytes>, i64)>>>;
+
+/// A deterministic pseudo-random number (splitmix64) for delays and key choice.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_key_order_holds_for_many_keys_under_random_delays() {
+    let (broker, _dir, bootstrap) = start_broker().await;
+    ensure_topic(&bootstrap, "events", 4, -1, TIMEOUT)
+        .await
+        .unwrap();
+    let layout = describe_topic(&bootstrap, "events", TIMEOUT).await.unwrap();
+    let producer = BatchProducer::connect(layout, ProducerConfig::default())
+        .await
+        .unwrap();
+    // 1,200 records over 40 keys (and keyless ones), written in batches of 20 per partition.
+    let mut pending: BTreeMap<i32, Vec<ProducerRecord>> = BTreeMap::new();
+    for i in 0..1_200u64 {
+        let dice = mix(i);
+        let key = (dice % 41) as i32;
+        let partition = key % 4;
+        let mut record = ProducerRecord::new("events", format!("{i}")).with_partition(partition);
+        if key < 40 {
+            record = record.with_key(format!("k{key}"));
+        }
+        pending.entry(partition).or_default().push(record);
+        if pending[&partition].len() == 20 {
+            let batch = pending.remove(&partition).unwrap();
+            let ack = producer
+                .send(partition, encode_with_headers(&batch))
+                .await
+                .unwrap();
+            ack.wait().await.unwrap()[0].1.as_ref().unwrap();
+        }
+    }
+    for (partition, batch) in pending {
+        let ack = producer
+            .send(partition, encode_with_headers(&batch))
+            .await
+            .unwrap();
+        ack.wait().await.unwrap()[0].1.as_ref().unwrap();
+    }
+    let (records, watermarks) = fetch_all(&bootstrap, "events", &BTreeMap::new()).await;
+    assert_eq!(records.len(), 1_200);
+
+    let processor_cell: Arc<std::sync::OnceLock<Processor>> = Arc::default();
+    let finished: Finished = Arc::default();
+    let failed_once: Arc<Mutex<BTreeSet<(i32, i64)>>> = Arc::default();
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = {
+        let (cell, finished, failed_once, violations) = (
+            processor_cell.clone(),
+            finished.clone(),
+            failed_once.clone(),
+            violations.clone(),
+        );
+        move |record: ConsumerRecord| {
+            let (cell, finished, failed_once, violations) = (
+                cell.clone(),
+                finished.clone(),
+                failed_once.clone(),
+                violations.clone(),
+            );
+            async move {
+                // The record is unfinished: the committable offset must not pass it.
+                if let Some(processor) = cell.get() {
+                    let committable = processor.committable();
+                    let at = committable.get(&record.topic_partition()).copied();
+                    if at.is_some_and(|c| c > record.offset) {
+                        violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("{at:?} passed {}", record.offset));
+                    }
+                }
+                let dice = mix(record.offset as u64 * 131 + record.partition as u64);
+                tokio::time::sleep(Duration::from_micros(dice % 1_500)).await;
+                // One record in eleven fails its first attempt (retried, then it succeeds).
+                if dice.is_multiple_of(11)
+                    && failed_once
+                        .lock()
+                        .unwrap()
+                        .insert((record.partition, record.offset))
+                {
+                    return Err(HandlerError::new("transient"));
+                }
+                finished.lock().unwrap().push((
+                    record.partition,
+                    record.key.clone(),
+                    record.offset,
+                ));
+                Ok(())
+            }
+        }
+    };
+    let config = ProcessorConfig {
+        concurrency: 8,
+        max_in_flight_records: 64,
+        retry: RetryConfig {
+            max_attempts: 3,
+            retry_backoff_ms: 1,
+            backoff_multiplier: 2.0,
+            retry_backoff_max_ms: 5,
+            jitter: 0.2,
+        },
+        ..ProcessorConfig::default()
+    };
+    let processor = Processor::new(config, handler, Arc::new(BrokerSink::new(&bootstrap)));
+    let _ = processor_cell.set(processor.clone());
+    for record in records {
+        processor.submit(record).await.unwrap();
+    }
+    processor.drain().await.unwrap();
+
+    assert!(
+        violations.lock().unwrap().is_empty(),
+        "{:?}",
+        violations.lock().unwrap()
+    );
+    let finished = finished.lock().unwrap().clone();
+    assert_eq!(finished.len(), 1_200);
+    let mut last: HashMap<(i32, Option<Bytes>), i64> = HashMap::new();
+    for (partition, key, offset) in finished {
+        if let Some(previous) = last.insert((partition, key.clone()), offset) {
+            assert!(
+                previous < offset,
+                "{partition}/{key:?}: {offset} after {previous}"
+            );
+        }
+    }
+    let metrics = processor.metrics();
+    assert_eq!((metrics.handled, metrics.dead_lettered), (1_200, 0));
+    assert!(metrics.retried > 0);
+    let committable = processor.committable();
+    for (partition, high_watermark) in &watermarks {
+        assert_eq!(
+            committable[&TopicPartition::new("events", *partition)],
+            *high_watermark
+        );
+    }
     broker.shutdown().await;
 }

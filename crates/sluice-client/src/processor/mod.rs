@@ -206,6 +206,9 @@ struct State {
     lanes: HashMap<LaneKey, VecDeque<Queued>>,
     /// Records queued or running, all partitions.
     live: usize,
+    /// Lane tasks not known to have exited (finished ones are pruned on each spawn), for
+    /// [`Processor::close`].
+    lane_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 struct Inner {
@@ -308,7 +311,10 @@ impl Processor {
         };
         if start_lane {
             let inner = Arc::clone(&self.inner);
-            tokio::spawn(async move { inner.run_lane(lane).await });
+            let task = tokio::spawn(async move { inner.run_lane(lane).await });
+            let mut state = self.inner.lock();
+            state.lane_tasks.retain(|task| !task.is_finished());
+            state.lane_tasks.push(task);
         }
         Ok(())
     }
@@ -342,6 +348,20 @@ impl Processor {
             // The sender lives in `inner`, which `self` keeps alive.
             let _ = changes.changed().await;
         }
+    }
+
+    /// Drains, then waits until every lane task has exited, so that once the last clone
+    /// of this processor is gone the handler, the sink and the dedup store are released
+    /// (a `RedbDedup` file can then be opened again in this process).
+    pub async fn close(self) -> Result<(), ProcessorError> {
+        let drained = self.drain().await;
+        let tasks = std::mem::take(&mut self.inner.lock().lane_tasks);
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "a processor lane task failed");
+            }
+        }
+        drained
     }
 
     /// For a rebalance: stops starting work on `partitions` (queued records are dropped,
@@ -1141,6 +1161,31 @@ mod tests {
             (1, 3, 1)
         );
         assert_eq!(processor.committable()[&TopicPartition::new("t", 0)], 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_releases_the_dedup_store_and_the_sink() {
+        let store = Arc::new(MemoryDedup::new(10));
+        let sink = Arc::new(CollectingSink::default());
+        let config = ProcessorConfig {
+            dedup: Some(DedupConfig {
+                store: store.clone(),
+                key: DedupKey::RecordKey,
+            }),
+            ..ProcessorConfig::default()
+        };
+        let processor = Processor::new(config, |_r| async { Ok(()) }, sink.clone());
+        for offset in 0..20 {
+            let key = format!("k{}", offset % 5);
+            processor
+                .submit(record(0, offset, Some(&key)))
+                .await
+                .unwrap();
+        }
+        processor.close().await.unwrap();
+        assert_eq!(Arc::strong_count(&store), 1);
+        assert_eq!(Arc::strong_count(&sink), 1);
+        assert_eq!(store.len(), 5);
     }
 
     #[tokio::test]
