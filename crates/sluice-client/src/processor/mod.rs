@@ -353,7 +353,9 @@ impl Processor {
     /// Drains, then waits until every lane task has exited, so that once the last clone
     /// of this processor is gone the handler, the sink and the dedup store are released
     /// (a `RedbDedup` file can then be opened again in this process).
+    /// Submits from other clones fail with [`ProcessorError::Closed`] once it started.
     pub async fn close(self) -> Result<(), ProcessorError> {
+        self.inner.record_slots.close();
         let drained = self.drain().await;
         let tasks = std::mem::take(&mut self.inner.lock().lane_tasks);
         for task in tasks {
@@ -1182,7 +1184,13 @@ mod tests {
                 .await
                 .unwrap();
         }
+        let other = processor.clone();
         processor.close().await.unwrap();
+        assert_eq!(
+            other.submit(record(0, 20, None)).await,
+            Err(ProcessorError::Closed)
+        );
+        drop(other);
         assert_eq!(Arc::strong_count(&store), 1);
         assert_eq!(Arc::strong_count(&sink), 1);
         assert_eq!(store.len(), 5);
