@@ -2,8 +2,10 @@
 
 pub mod admin;
 pub mod connection;
+pub mod dedup;
 pub mod fetcher;
 pub mod pipeline;
+pub mod processor;
 pub mod producer;
 pub mod record;
 pub mod topics;
@@ -12,6 +14,7 @@ pub use admin::Admin;
 pub use connection::{ClientError, Connection};
 pub use fetcher::{FetchConfig, Fetcher};
 pub use pipeline::PipelinedConnection;
+pub use processor::{Processor, ProcessorConfig};
 pub use producer::{BatchProducer, ProducerConfig};
 pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata, TopicPartition};
 pub use topics::{ensure_topic, TopicLayout};
