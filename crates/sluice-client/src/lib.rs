@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod connection;
 pub mod fetcher;
+pub mod partitioner;
 pub mod pipeline;
 pub mod producer;
 pub mod record;
@@ -12,6 +13,6 @@ pub use admin::Admin;
 pub use connection::{ClientError, Connection};
 pub use fetcher::{FetchConfig, Fetcher};
 pub use pipeline::PipelinedConnection;
-pub use producer::{BatchProducer, ProducerConfig};
+pub use producer::{BatchProducer, DeliveryFuture, Producer, ProducerConfig, ProducerOptions};
 pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata, TopicPartition};
 pub use topics::{ensure_topic, TopicLayout};
