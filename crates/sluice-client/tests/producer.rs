@@ -372,3 +372,135 @@ async fn unreachable_broker_is_reported() {
         "expected a connect error, got {error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_stick_to_one_partition_per_batch() {
+    let (broker, _dir) = start_broker(&[]).await;
+    let bootstrap = broker.local_addr.to_string();
+    create_topic(&bootstrap, "sticky", 4, &[]).await;
+    let producer = Producer::connect(
+        &bootstrap,
+        ProducerOptions {
+            // Batches are only sent by flush(): each round fills one open batch.
+            linger_ms: 600_000,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let mut previous: Option<i32> = None;
+    for round in 0..5 {
+        let mut futures = Vec::new();
+        for i in 0..20 {
+            let record = ProducerRecord::new("sticky", format!("{round}-{i}"));
+            futures.push(producer.send(record).await.unwrap());
+        }
+        producer.flush().await;
+        let mut partitions = std::collections::BTreeSet::new();
+        for future in futures {
+            partitions.insert(future.await.unwrap().partition);
+        }
+        assert_eq!(
+            partitions.len(),
+            1,
+            "one batch, one partition: {partitions:?}"
+        );
+        let partition = *partitions.first().unwrap();
+        assert_ne!(
+            Some(partition),
+            previous,
+            "a sent batch moves the sticky partition"
+        );
+        previous = Some(partition);
+    }
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_blocks_send_until_max_block_ms() {
+    let (broker, _dir) = start_broker(&[]).await;
+    let bootstrap = broker.local_addr.to_string();
+    create_topic(&bootstrap, "pressure", 1, &[]).await;
+    let producer = Producer::connect(
+        &bootstrap,
+        ProducerOptions {
+            linger_ms: 600_000,
+            buffer_memory_bytes: 4_096,
+            max_block_ms: 200,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let value = vec![b'v'; 1_000];
+    let mut accepted = Vec::new();
+    let error = loop {
+        match producer
+            .send(ProducerRecord::new("pressure", value.clone()))
+            .await
+        {
+            Ok(future) => accepted.push(future),
+            Err(error) => break error,
+        }
+        assert!(accepted.len() < 10, "the buffer must fill up");
+    };
+    assert!(matches!(error, ClientError::Timeout(..)), "{error}");
+    assert!(error.to_string().contains("buffer memory"), "{error}");
+    let accepted_count = accepted.len();
+    assert!(accepted_count >= 1);
+    // Delivery frees the buffer.
+    producer.flush().await;
+    for future in accepted {
+        future.await.unwrap();
+    }
+    producer
+        .send(ProducerRecord::new("pressure", value))
+        .await
+        .unwrap();
+    producer.close().await;
+    assert_eq!(
+        read_all(&bootstrap, "pressure").await[&0].len(),
+        accepted_count + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_one_and_zero_deliver_without_idempotence() {
+    let (broker, _dir) = start_broker(&[]).await;
+    let bootstrap = broker.local_addr.to_string();
+    create_topic(&bootstrap, "acks", 2, &[]).await;
+    for acks in [1i16, 0] {
+        let producer = Producer::connect(
+            &bootstrap,
+            ProducerOptions {
+                acks,
+                compression: Compression::Zstd,
+                ..options()
+            },
+        )
+        .await
+        .unwrap();
+        let mut futures = Vec::new();
+        for i in 0..50 {
+            let record =
+                ProducerRecord::new("acks", format!("acks{acks}-{i}")).with_partition(i % 2);
+            futures.push(producer.send(record).await.unwrap());
+        }
+        for future in futures {
+            let metadata = future.await.unwrap();
+            if acks == 0 {
+                assert_eq!(metadata.offset, -1, "acks=0: no offset comes back");
+            } else {
+                assert!(metadata.offset >= 0);
+            }
+        }
+        producer.close().await;
+    }
+    let read = read_all(&bootstrap, "acks").await;
+    let records: Vec<&Record> = read.values().flatten().collect();
+    assert_eq!(records.len(), 100);
+    assert!(
+        records.iter().all(|r| r.producer_id == -1),
+        "not idempotent"
+    );
+}

@@ -371,6 +371,21 @@ struct Inner {
 pub struct Producer {
     inner: Arc<Inner>,
     drain: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    _last_clone: Arc<LastClone>,
+}
+
+/// Dropped with the last [`Producer`] clone: the background tasks hold the shared state,
+/// so without `close()` they would run forever. This closes the producer instead; queued
+/// records are still sent (their futures and callbacks still resolve), then the tasks end.
+struct LastClone {
+    inner: Arc<Inner>,
+}
+
+impl Drop for LastClone {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_one();
+    }
 }
 
 impl Producer {
@@ -411,6 +426,9 @@ impl Producer {
         let drain = tokio::spawn(drain_loop(Arc::clone(&inner)));
         tracing::debug!(client_id = %inner.options.client_id, "producer started");
         Ok(Producer {
+            _last_clone: Arc::new(LastClone {
+                inner: Arc::clone(&inner),
+            }),
             inner,
             drain: Arc::new(tokio::sync::Mutex::new(Some(drain))),
         })
