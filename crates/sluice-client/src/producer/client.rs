@@ -401,6 +401,14 @@ impl Producer {
                 "idempotence needs acks=all; producing without it"
             );
         }
+        if options.idempotent() && options.max_in_flight_per_connection > 5 {
+            // Brokers remember the last 5 batches per producer and partition: more in
+            // flight could make a retried batch look out of order instead of duplicate.
+            return Err(ClientError::Protocol(format!(
+                "max_in_flight_per_connection is {} but must be at most 5 with idempotence",
+                options.max_in_flight_per_connection
+            )));
+        }
         let bootstrap: Vec<String> = bootstrap
             .split(',')
             .map(|s| s.trim().to_string())
