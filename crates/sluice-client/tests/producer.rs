@@ -504,3 +504,43 @@ async fn acks_one_and_zero_deliver_without_idempotence() {
         "not idempotent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_fail_with_a_timeout_once_delivery_timeout_passes_without_a_broker() {
+    let (broker, _dir) = start_broker(&[]).await;
+    let bootstrap = broker.local_addr.to_string();
+    create_topic(&bootstrap, "gone", 1, &[]).await;
+    let producer = Producer::connect(
+        &bootstrap,
+        ProducerOptions {
+            request_timeout_ms: 300,
+            delivery_timeout_ms: 1_500,
+            ..ProducerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let first = producer
+        .send(ProducerRecord::new("gone", "before"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(first.offset, 0);
+    broker.shutdown().await;
+    // The topic's metadata is cached: the record is accepted, then retried until
+    // delivery_timeout_ms passes.
+    let result = producer
+        .send(ProducerRecord::new("gone", "after"))
+        .await
+        .unwrap()
+        .await;
+    match result {
+        Err(ClientError::Timeout(after, what)) => {
+            assert_eq!(after, Duration::from_millis(1_500));
+            assert!(what.contains("gone-0"), "{what}");
+        }
+        other => panic!("expected a delivery timeout, got {other:?}"),
+    }
+    producer.close().await;
+}
