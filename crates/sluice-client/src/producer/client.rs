@@ -1420,7 +1420,19 @@ async fn broker_sender(
             .with_timeout_ms(timeout_ms)
             .with_topic_data(topics);
         if inner.options.acks == 0 {
-            match connection.submit_without_response(version, &request).await {
+            let request_timeout = inner.options.request_timeout();
+            let written = tokio::time::timeout(
+                request_timeout,
+                connection.submit_without_response(version, &request),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout(
+                    request_timeout,
+                    "writing a Produce request".to_string(),
+                ))
+            });
+            match written {
                 Ok(()) => {
                     for batch in batches {
                         inner.finish(
@@ -1439,7 +1451,19 @@ async fn broker_sender(
             }
             continue;
         }
-        match connection.submit(version, &request).await {
+        // Bounded: if the broker stops answering, the in-flight slots never free up. A
+        // write cut short leaves a partial frame, but the connection is discarded then.
+        let request_timeout = inner.options.request_timeout();
+        let submitted = tokio::time::timeout(request_timeout, connection.submit(version, &request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout(
+                    request_timeout,
+                    "room for a Produce request (every in-flight request is unanswered)"
+                        .to_string(),
+                ))
+            });
+        match submitted {
             Ok(pending) => {
                 tokio::spawn(handle_response(
                     Arc::clone(&inner),
