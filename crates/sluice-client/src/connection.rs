@@ -33,6 +33,17 @@ pub enum ClientError {
     UnsupportedApi { api: ApiKey, min: i16, max: i16 },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A Kafka error code from the broker (or the client's own check of a Kafka limit),
+    /// under Kafka's error name, e.g. `MESSAGE_TOO_LARGE`.
+    #[error("{context}: {name} (Kafka error code {code})")]
+    Kafka {
+        context: String,
+        code: i16,
+        name: String,
+    },
+    /// The producer was closed: it accepts no more records.
+    #[error("the producer is closed")]
+    ProducerClosed,
 }
 
 /// A connection with negotiated API versions.

@@ -3,6 +3,7 @@
 mod alloc_guard;
 mod bench;
 mod group_cmd;
+mod produce_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Group(group_cmd::GroupArgs),
     /// Benchmark any Kafka-compatible broker: produce, consume, end-to-end latency.
     Bench(bench::BenchArgs),
+    /// Produce records, one per line, from stdin or a file.
+    Produce(produce_cmd::ProduceArgs),
 }
 
 #[derive(Args)]
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Group(args) => runtime.block_on(group_cmd::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Produce(args) => runtime.block_on(produce_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

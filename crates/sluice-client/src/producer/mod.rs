@@ -2,8 +2,10 @@
 //! record batches; the producer encodes them as RecordBatch v2 (kafka-protocol's
 //! `RecordBatchEncoder`, any codec), routes each to its partition's leader and keeps up to
 //! `max_in_flight` Produce requests outstanding per leader connection. Partitioning
-//! policy, accumulation and retries belong to the callers (the bench tool, later the SDK's
-//! full Producer).
+//! policy, accumulation and retries belong to the callers (the bench tool).
+//!
+//! [`Producer`] (in `client.rs`) is the SDK's full Kafka producer on top of the same
+//! encoding: partitioner, accumulator, idempotence, retries, flush and close.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,8 +22,14 @@ use kafka_protocol::records::{
 use kafka_protocol::ResponseError;
 
 use crate::connection::ClientError;
+
+mod client;
+mod options;
+
 use crate::pipeline::{PendingResponse, PipelinedConnection};
 use crate::topics::TopicLayout;
+pub use client::{kafka_error, kafka_error_name, DeliveryFuture, Producer};
+pub use options::ProducerOptions;
 
 /// Produce versions this producer speaks: v3 introduced RecordBatch v2; v13 replaces topic
 /// names with ids.
