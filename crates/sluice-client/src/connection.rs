@@ -33,6 +33,15 @@ pub enum ClientError {
     UnsupportedApi { api: ApiKey, min: i16, max: i16 },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The broker answered with a Kafka error code: `name` is Kafka's name for it (e.g.
+    /// `UNKNOWN_TOPIC_OR_PARTITION`), `message` the broker's own text when it sent one.
+    #[error("{operation}: {name} (error code {code}){}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Kafka {
+        operation: String,
+        code: i16,
+        name: String,
+        message: Option<String>,
+    },
 }
 
 /// A connection with negotiated API versions.
