@@ -1487,7 +1487,7 @@ impl Admin {
         let mut topics: Vec<String> = before.keys().map(|(t, _)| t.clone()).collect();
         topics.dedup();
         let leaders = self.partition_leaders(&topics).await?;
-        let mut by_leader: BTreeMap<String, BTreeMap<&str, Vec<(i32, i64)>>> = BTreeMap::new();
+        let mut by_leader: BTreeMap<String, OffsetsByTopic<'_>> = BTreeMap::new();
         for ((topic, partition), offset) in before {
             let leader = leaders.get(&(topic.clone(), *partition)).ok_or_else(|| {
                 kafka_error(
@@ -1554,6 +1554,9 @@ impl Admin {
         Ok(low_watermarks)
     }
 }
+
+/// Per topic, (partition, offset) pairs: one DeleteRecords request's worth.
+type OffsetsByTopic<'a> = BTreeMap<&'a str, Vec<(i32, i64)>>;
 
 fn describe_resource(resource: &ConfigResource) -> String {
     match resource {

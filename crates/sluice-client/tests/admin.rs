@@ -320,7 +320,10 @@ async fn delete_records_moves_the_log_start() {
     produce(&bootstrap, "audit", 0, 10).await;
     let tp = ("audit".to_string(), 0);
     assert_eq!(
-        admin.list_offsets(&[tp.clone()], EARLIEST).await.unwrap()[&tp],
+        admin
+            .list_offsets(std::slice::from_ref(&tp), EARLIEST)
+            .await
+            .unwrap()[&tp],
         0
     );
     let low = admin
@@ -329,11 +332,17 @@ async fn delete_records_moves_the_log_start() {
         .unwrap();
     assert_eq!(low[&tp], 6);
     assert_eq!(
-        admin.list_offsets(&[tp.clone()], EARLIEST).await.unwrap()[&tp],
+        admin
+            .list_offsets(std::slice::from_ref(&tp), EARLIEST)
+            .await
+            .unwrap()[&tp],
         6
     );
     assert_eq!(
-        admin.list_offsets(&[tp.clone()], LATEST).await.unwrap()[&tp],
+        admin
+            .list_offsets(std::slice::from_ref(&tp), LATEST)
+            .await
+            .unwrap()[&tp],
         10
     );
 

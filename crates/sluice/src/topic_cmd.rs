@@ -349,7 +349,7 @@ async fn alter(admin: &mut Admin, args: AlterArgs, out: Output) -> anyhow::Resul
         bail!("nothing to change; say what with --partitions N, --set KEY=VALUE or --delete KEY");
     }
     let topic = admin
-        .describe_topics(&[args.name.clone()])
+        .describe_topics(std::slice::from_ref(&args.name))
         .await
         .map_err(|e| on_topic(&args.name, e))?
         .into_iter()
