@@ -12,6 +12,34 @@ use kafka_protocol::ResponseError;
 
 use crate::connection::{ClientError, Connection};
 
+/// Repeats `$call` (an `.await`ed `Result`) after retriable errors, up to `retries` times
+/// with exponential backoff; a dropped connection is forgotten so the retry reconnects.
+macro_rules! retrying {
+    ($self:ident, $what:expr, $call:expr) => {{
+        let mut attempt: u32 = 0;
+        loop {
+            match $call {
+                Err(error) if attempt < $self.config.retries && error.is_retriable() => {
+                    let backoff = $self.backoff(attempt);
+                    attempt += 1;
+                    tracing::debug!(
+                        operation = $what,
+                        attempt,
+                        backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        %error,
+                        "retrying an admin call"
+                    );
+                    if let ClientError::Io { address, .. } = &error {
+                        $self.connections.remove(address);
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+                result => break result,
+            }
+        }
+    }};
+}
+
 /// Kafka's code for a successful partition or group answer.
 const NONE: i16 = 0;
 
@@ -189,6 +217,11 @@ impl Admin {
 
     /// Every group of every broker in the cluster.
     pub async fn list_groups(&mut self) -> Result<Vec<GroupListing>, ClientError> {
+        retrying!(self, "ListGroups", self.list_groups_once().await)
+    }
+
+    /// Every group of every broker in the cluster.
+    async fn list_groups_once(&mut self) -> Result<Vec<GroupListing>, ClientError> {
         let mut groups = Vec::new();
         for address in self.broker_addresses().await? {
             let (_, response) = self
@@ -209,7 +242,17 @@ impl Admin {
         Ok(groups)
     }
 
+    /// A group's state, protocol and members with their assigned partitions; Kafka
+    /// describes an unknown group as `Dead` without an error.
     pub async fn describe_group(&mut self, group: &str) -> Result<GroupDescription, ClientError> {
+        retrying!(
+            self,
+            "DescribeGroups",
+            self.describe_group_once(group).await
+        )
+    }
+
+    async fn describe_group_once(&mut self, group: &str) -> Result<GroupDescription, ClientError> {
         let request = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
         let (_, response) = self
             .coordinator_connection(group)
@@ -254,6 +297,18 @@ impl Admin {
         &mut self,
         group: &str,
     ) -> Result<BTreeMap<TopicPartition, CommittedOffset>, ClientError> {
+        retrying!(
+            self,
+            "OffsetFetch",
+            self.committed_offsets_once(group).await
+        )
+    }
+
+    /// Every committed offset of the group.
+    async fn committed_offsets_once(
+        &mut self,
+        group: &str,
+    ) -> Result<BTreeMap<TopicPartition, CommittedOffset>, ClientError> {
         let request = OffsetFetchRequest::default()
             .with_group_id(group_id(group))
             .with_topics(None);
@@ -291,6 +346,20 @@ impl Admin {
     /// Commits offsets for a group without members (generation -1), as offset reset
     /// tools do.
     pub async fn commit_offsets(
+        &mut self,
+        group: &str,
+        offsets: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<(), ClientError> {
+        retrying!(
+            self,
+            "OffsetCommit",
+            self.commit_offsets_once(group, offsets).await
+        )
+    }
+
+    /// Commits offsets for a group without members (generation -1), as offset reset
+    /// tools do.
+    async fn commit_offsets_once(
         &mut self,
         group: &str,
         offsets: &BTreeMap<TopicPartition, i64>,
@@ -393,6 +462,20 @@ impl Admin {
     /// ListOffsets for each partition at `timestamp` (LATEST, EARLIEST or milliseconds);
     /// -1 where no record is at or after the timestamp.
     pub async fn list_offsets(
+        &mut self,
+        partitions: &[TopicPartition],
+        timestamp: i64,
+    ) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+        retrying!(
+            self,
+            "ListOffsets",
+            self.list_offsets_once(partitions, timestamp).await
+        )
+    }
+
+    /// ListOffsets for each partition at `timestamp` (LATEST, EARLIEST or milliseconds);
+    /// -1 where no record is at or after the timestamp.
+    async fn list_offsets_once(
         &mut self,
         partitions: &[TopicPartition],
         timestamp: i64,
@@ -554,34 +637,6 @@ impl ClientError {
             _ => false,
         }
     }
-}
-
-/// Repeats `$call` (an `.await`ed `Result`) after retriable errors, up to `retries` times
-/// with exponential backoff; a dropped connection is forgotten so the retry reconnects.
-macro_rules! retrying {
-    ($self:ident, $what:expr, $call:expr) => {{
-        let mut attempt: u32 = 0;
-        loop {
-            match $call {
-                Err(error) if attempt < $self.config.retries && error.is_retriable() => {
-                    let backoff = $self.backoff(attempt);
-                    attempt += 1;
-                    tracing::debug!(
-                        operation = $what,
-                        attempt,
-                        backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-                        %error,
-                        "retrying an admin call"
-                    );
-                    if let ClientError::Io { address, .. } = &error {
-                        $self.connections.remove(address);
-                    }
-                    tokio::time::sleep(backoff).await;
-                }
-                result => break result,
-            }
-        }
-    }};
 }
 
 /// A topic to create.
@@ -1093,7 +1148,15 @@ impl Admin {
         &mut self,
         names: &[String],
     ) -> Result<Vec<TopicDescription>, ClientError> {
-        let metadata = retrying!(self, "Metadata", self.metadata(Some(names)).await)?;
+        // A topic-level LEADER_NOT_AVAILABLE (just created) is retried like the request.
+        retrying!(self, "Metadata", self.describe_topics_once(names).await)
+    }
+
+    async fn describe_topics_once(
+        &mut self,
+        names: &[String],
+    ) -> Result<Vec<TopicDescription>, ClientError> {
+        let metadata = self.metadata(Some(names)).await?;
         let mut described = Vec::new();
         for topic in metadata.topics {
             let name = topic
