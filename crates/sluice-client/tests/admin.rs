@@ -181,6 +181,73 @@ async fn topic_lifecycle_create_list_describe_alter_grow_delete() {
         Some("12345")
     );
 
+    // List configs: append to and subtract from cleanup.policy.
+    admin
+        .alter_configs(
+            &resource,
+            &[AlterConfigOp::Append {
+                name: "cleanup.policy".into(),
+                value: "compact".into(),
+            }],
+            false,
+        )
+        .await
+        .unwrap();
+    let configs = admin.describe_configs(&resource).await.unwrap();
+    assert_eq!(
+        config(&configs, "cleanup.policy").value.as_deref(),
+        Some("delete,compact")
+    );
+    admin
+        .alter_configs(
+            &resource,
+            &[AlterConfigOp::Subtract {
+                name: "cleanup.policy".into(),
+                value: "delete".into(),
+            }],
+            false,
+        )
+        .await
+        .unwrap();
+    let configs = admin.describe_configs(&resource).await.unwrap();
+    assert_eq!(
+        config(&configs, "cleanup.policy").value.as_deref(),
+        Some("compact")
+    );
+
+    // validate_only changes nothing; an unknown config is the broker's INVALID_CONFIG.
+    admin
+        .alter_configs(
+            &resource,
+            &[AlterConfigOp::Set {
+                name: "segment.bytes".into(),
+                value: "2097152".into(),
+            }],
+            true,
+        )
+        .await
+        .unwrap();
+    let configs = admin.describe_configs(&resource).await.unwrap();
+    assert_eq!(
+        config(&configs, "segment.bytes").value.as_deref(),
+        Some("1048576")
+    );
+    let error = admin
+        .alter_configs(
+            &resource,
+            &[AlterConfigOp::Set {
+                name: "no.such.config".into(),
+                value: "1".into(),
+            }],
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Kafka { name, .. } if name == "INVALID_CONFIG"),
+        "{error}"
+    );
+
     // More partitions; fewer is refused.
     let grown = admin
         .create_partitions(&BTreeMap::from([("orders".to_string(), 5)]), false)
