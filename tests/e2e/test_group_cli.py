@@ -122,3 +122,39 @@ def test_group_list_describe_lag_and_reset(make_broker):
     sluice(b.bootstrap, "reset-offsets", group, "--topic", topic, "--to-latest")
     offsets = {r["partition"]: r["committed_offset"] for r in describe(b.bootstrap, group)["offsets"]}
     assert offsets == {0: 10, 1: 10, 2: 10}
+
+    # `group delete` removes the (now memberless) group and its offsets.
+    deleted = json.loads(sluice(b.bootstrap, "delete", group, "-o", "json").stdout)
+    assert deleted == [{"group": group, "status": "deleted"}]
+    listed = json.loads(sluice(b.bootstrap, "list", "-o", "json").stdout)
+    assert group not in [g["group"] for g in listed]
+    gone = sluice(b.bootstrap, "describe", group, check=False)
+    assert gone.returncode == 3
+    assert "does not exist" in gone.stderr
+
+
+def test_group_delete_refuses_a_group_with_members(make_broker):
+    b = make_broker(settings={"group.initial.rebalance.delay.ms": "100"})
+    topic = unique_topic("cli")
+    group = unique_topic("g")
+    create_topic(b.bootstrap, topic, partitions=1)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": b.bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        consumer.poll(0.2)
+        if consumer.assignment():
+            break
+    assert consumer.assignment()
+    refused = sluice(b.bootstrap, "delete", group, check=False)
+    consumer.close()
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error:")
+    assert "stop its consumers first" in refused.stderr

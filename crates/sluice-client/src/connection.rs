@@ -33,13 +33,14 @@ pub enum ClientError {
     UnsupportedApi { api: ApiKey, min: i16, max: i16 },
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// A Kafka error code from the broker (or the client's own check of a Kafka limit),
-    /// under Kafka's error name, e.g. `MESSAGE_TOO_LARGE`.
-    #[error("{context}: {name} (Kafka error code {code})")]
+    /// The broker answered with a Kafka error code: `name` is Kafka's name for it (e.g.
+    /// `UNKNOWN_TOPIC_OR_PARTITION`), `message` the broker's own text when it sent one.
+    #[error("{operation}: {name} (error code {code}){}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Kafka {
-        context: String,
+        operation: String,
         code: i16,
         name: String,
+        message: Option<String>,
     },
     /// The producer was closed: it accepts no more records.
     #[error("the producer is closed")]

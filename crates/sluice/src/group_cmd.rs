@@ -1,36 +1,24 @@
-//! `sluice group list|describe|reset-offsets`: consumer groups and their lag, against
-//! any Kafka-compatible bootstrap address.
+//! `sluice group list|describe|reset-offsets|delete`: consumer groups and their lag,
+//! against any Kafka-compatible bootstrap address.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use anyhow::bail;
+use clap::{Args, Subcommand};
 use serde_json::json;
 use sluice_client::admin::{TopicPartition, EARLIEST, LATEST};
 use sluice_client::Admin;
 
-#[derive(Clone, Copy, ValueEnum, Default)]
-pub enum Output {
-    #[default]
-    Table,
-    Json,
-}
+use crate::output::{self, not_found, print_json, print_table, CommonArgs, Output};
+
+/// Kafka's code for NON_EMPTY_GROUP: the group still has members.
+const NON_EMPTY_GROUP: i16 = 68;
 
 #[derive(Args)]
+#[command(after_help = output::EXIT_CODES_HELP)]
 pub struct GroupArgs {
-    /// Bootstrap broker, host:port.
-    #[arg(
-        long,
-        short = 'b',
-        global = true,
-        default_value = "127.0.0.1:9092",
-        env = "SLUICE_BOOTSTRAP"
-    )]
-    bootstrap: String,
-    /// Output format.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    #[command(flatten)]
+    common: CommonArgs,
     #[command(subcommand)]
     command: GroupCommand,
 }
@@ -43,6 +31,11 @@ enum GroupCommand {
     Describe { group: String },
     /// Move a group's committed offsets (only while the group has no members).
     ResetOffsets(ResetArgs),
+    /// Delete groups and their committed offsets (only groups without members).
+    Delete {
+        #[arg(required = true)]
+        groups: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -70,14 +63,78 @@ struct ResetArgs {
 }
 
 pub async fn run(args: GroupArgs) -> anyhow::Result<()> {
-    let mut admin = Admin::connect(&args.bootstrap, Duration::from_secs(30))
-        .await
-        .with_context(|| format!("cannot reach the broker at {}", args.bootstrap))?;
+    let mut admin = output::connect(&args.common).await?;
+    let out = args.common.output;
     match args.command {
-        GroupCommand::List => list(&mut admin, args.output).await,
-        GroupCommand::Describe { group } => describe(&mut admin, &group, args.output).await,
-        GroupCommand::ResetOffsets(reset) => reset_offsets(&mut admin, reset, args.output).await,
+        GroupCommand::List => list(&mut admin, out).await,
+        GroupCommand::Describe { group } => describe(&mut admin, &group, out).await,
+        GroupCommand::ResetOffsets(reset) => reset_offsets(&mut admin, reset, out).await,
+        GroupCommand::Delete { groups } => delete(&mut admin, &groups, out).await,
     }
+}
+
+fn group_not_found(group: &str) -> anyhow::Error {
+    not_found(format!(
+        "group `{group}` does not exist; list groups with `sluice group list`"
+    ))
+}
+
+async fn delete(admin: &mut Admin, groups: &[String], out: Output) -> anyhow::Result<()> {
+    let results = admin.delete_groups(groups).await?;
+    let mut rows = Vec::new();
+    let mut missing = Vec::new();
+    let mut failed = Vec::new();
+    for group in groups {
+        let status = match results.get(group) {
+            Some(Ok(())) => "deleted".to_string(),
+            Some(Err(error)) if error.is_not_found() => {
+                missing.push(group.clone());
+                "does not exist".to_string()
+            }
+            Some(Err(error)) if error.kafka_code() == Some(NON_EMPTY_GROUP) => {
+                failed.push(format!(
+                    "group `{group}` has active members; stop its consumers first"
+                ));
+                "has members".to_string()
+            }
+            Some(Err(error)) => {
+                failed.push(format!("{group}: {error}"));
+                format!("failed: {error}")
+            }
+            None => {
+                failed.push(format!("{group}: not in the broker's answer"));
+                "unknown".to_string()
+            }
+        };
+        rows.push((group.clone(), status));
+    }
+    match out {
+        Output::Json => print_json(&json!(rows
+            .iter()
+            .map(|(group, status)| json!({"group": group, "status": status}))
+            .collect::<Vec<_>>()))?,
+        Output::Table => print_table(
+            &["GROUP", "STATUS"],
+            rows.into_iter().map(|(g, s)| vec![g, s]).collect(),
+        ),
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    if let [group] = missing.as_slice() {
+        return Err(group_not_found(group));
+    }
+    if !missing.is_empty() {
+        return Err(not_found(format!(
+            "groups {} do not exist; list groups with `sluice group list`",
+            missing
+                .iter()
+                .map(|g| format!("`{g}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
 }
 
 async fn list(admin: &mut Admin, output: Output) -> anyhow::Result<()> {
@@ -119,6 +176,10 @@ impl LagRow {
 async fn describe(admin: &mut Admin, group: &str, output: Output) -> anyhow::Result<()> {
     let description = admin.describe_group(group).await?;
     let committed = admin.committed_offsets(group).await?;
+    // Kafka describes a group it does not know as Dead, without an error.
+    if description.state == "Dead" && committed.is_empty() {
+        return Err(group_not_found(group));
+    }
     let mut owners: BTreeMap<TopicPartition, (String, String, String)> = BTreeMap::new();
     for member in &description.members {
         for tp in &member.assignment {
@@ -322,27 +383,4 @@ async fn reset_offsets(admin: &mut Admin, args: ResetArgs, output: Output) -> an
         }
     }
     Ok(())
-}
-
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
-    for row in rows {
-        println!("{}", line(row));
-    }
 }

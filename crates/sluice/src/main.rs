@@ -2,8 +2,11 @@
 
 mod alloc_guard;
 mod bench;
+mod cluster_cmd;
 mod group_cmd;
+mod output;
 mod produce_cmd;
+mod topic_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,8 +34,12 @@ struct Cli {
 enum Command {
     /// Run a broker (single node: broker and controller in one process).
     Serve(ServeArgs),
-    /// Consumer groups: list, describe with lag, reset offsets.
+    /// Consumer groups: list, describe with lag, reset offsets, delete.
     Group(group_cmd::GroupArgs),
+    /// Topics: create, list, describe, alter, delete.
+    Topic(topic_cmd::TopicArgs),
+    /// The cluster: id, controller, brokers.
+    Cluster(cluster_cmd::ClusterArgs),
     /// Benchmark any Kafka-compatible broker: produce, consume, end-to-end latency.
     Bench(bench::BenchArgs),
     /// Produce records, one per line, from stdin or a file.
@@ -162,9 +169,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Group(args) => runtime.block_on(group_cmd::run(args)),
+        Command::Group(args) => return output::finish(runtime.block_on(group_cmd::run(args))),
+        Command::Topic(args) => return output::finish(runtime.block_on(topic_cmd::run(args))),
+        Command::Cluster(args) => return output::finish(runtime.block_on(cluster_cmd::run(args))),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
-        Command::Produce(args) => runtime.block_on(produce_cmd::run(args)),
+        Command::Produce(args) => return output::finish(runtime.block_on(produce_cmd::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

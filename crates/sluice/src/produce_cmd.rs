@@ -12,7 +12,7 @@ use serde_json::json;
 use sluice_client::{ClientError, Producer, ProducerOptions, ProducerRecord};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use crate::group_cmd::Output;
+use crate::output::{self, Output};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Codec {
@@ -92,10 +92,7 @@ struct Tally {
 fn explain(error: &ClientError, bootstrap: &str, topic: &str) -> String {
     match error {
         ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Timeout(..) => {
-            format!(
-                "cannot reach {bootstrap}: is the broker running? (set -b/--bootstrap or \
-                 SLUICE_BOOTSTRAP) [{error}]"
-            )
+            format!("{} [{error}]", output::unreachable_message(bootstrap))
         }
         ClientError::Kafka { code: 10, .. } => format!(
             "{error}: a record is larger than the topic's max.message.bytes; raise it \
@@ -170,7 +167,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         };
     let producer = Producer::connect(&args.bootstrap, options)
         .await
-        .map_err(|e| anyhow::anyhow!(explain(&e, &args.bootstrap, &args.topic)))?;
+        .map_err(|e| output::client_failure(&e, explain(&e, &args.bootstrap, &args.topic)))?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
@@ -234,11 +231,12 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             if let Some(bar) = &progress {
                 bar.abandon();
             }
-            bail!(
+            let message = format!(
                 "record {} was not accepted: {}",
                 sent + 1,
                 explain(&error, &args.bootstrap, &args.topic)
             );
+            return Err(output::client_failure(&error, message));
         }
         sent += 1;
     }
@@ -274,11 +272,12 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         ),
     }
     if let Some(error) = tally.first_error {
-        bail!(
+        let message = format!(
             "{} of {sent} record(s) failed; first error: {}",
             tally.failed,
             explain(&error, &args.bootstrap, &args.topic)
         );
+        return Err(output::client_failure(&error, message));
     }
     Ok(())
 }

@@ -54,6 +54,7 @@ use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::options::ProducerOptions;
 use super::PRODUCE_VERSIONS;
+use crate::admin::error_name;
 use crate::connection::{ClientError, Connection};
 use crate::partitioner::{partition_for_key, StickyRandom};
 use crate::pipeline::{PendingResponse, PipelinedConnection};
@@ -77,31 +78,13 @@ const KAFKA_STORAGE_ERROR: i16 = 56;
 const FENCED_LEADER_EPOCH: i16 = 74;
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
 
-/// Kafka's name of an error code, e.g. `MESSAGE_TOO_LARGE` for 10.
-pub fn kafka_error_name(code: i16) -> String {
-    match ResponseError::try_from_code(code) {
-        None => "NONE".to_string(),
-        Some(ResponseError::Unknown(_)) => "UNKNOWN_ERROR_CODE".to_string(),
-        Some(error) => {
-            let camel = format!("{error:?}");
-            let mut name = String::with_capacity(camel.len() + 8);
-            for (i, c) in camel.chars().enumerate() {
-                if c.is_ascii_uppercase() && i > 0 {
-                    name.push('_');
-                }
-                name.push(c.to_ascii_uppercase());
-            }
-            name
-        }
-    }
-}
-
 /// A [`ClientError::Kafka`] for `code`.
-pub fn kafka_error(context: impl Into<String>, code: i16) -> ClientError {
+pub fn kafka_error(operation: impl Into<String>, code: i16) -> ClientError {
     ClientError::Kafka {
-        context: context.into(),
+        operation: operation.into(),
         code,
-        name: kafka_error_name(code),
+        name: error_name(code),
+        message: None,
     }
 }
 
@@ -125,13 +108,15 @@ fn copy_error(error: &ClientError) -> ClientError {
         },
         ClientError::Protocol(message) => ClientError::Protocol(message.clone()),
         ClientError::Kafka {
-            context,
+            operation,
             code,
             name,
+            message,
         } => ClientError::Kafka {
-            context: context.clone(),
+            operation: operation.clone(),
             code: *code,
             name: name.clone(),
+            message: message.clone(),
         },
         ClientError::ProducerClosed => ClientError::ProducerClosed,
         #[allow(unreachable_patterns)]
@@ -796,7 +781,7 @@ impl Inner {
                     state.metadata.topics.insert(name, partitions);
                 }
                 code => {
-                    tracing::debug!(topic = %name, error = %kafka_error_name(code), "metadata");
+                    tracing::debug!(topic = %name, error = %error_name(code), "metadata");
                     if code == UNKNOWN_TOPIC_OR_PARTITION {
                         state.metadata.topics.remove(&name);
                     }
@@ -1546,10 +1531,10 @@ mod tests {
 
     #[test]
     fn error_names_are_kafkas() {
-        assert_eq!(kafka_error_name(10), "MESSAGE_TOO_LARGE");
-        assert_eq!(kafka_error_name(6), "NOT_LEADER_OR_FOLLOWER");
-        assert_eq!(kafka_error_name(45), "OUT_OF_ORDER_SEQUENCE_NUMBER");
-        assert_eq!(kafka_error_name(0), "NONE");
+        assert_eq!(error_name(10), "MESSAGE_TOO_LARGE");
+        assert_eq!(error_name(6), "NOT_LEADER_OR_FOLLOWER");
+        assert_eq!(error_name(45), "OUT_OF_ORDER_SEQUENCE_NUMBER");
+        assert_eq!(error_name(0), "NONE");
     }
 
     fn batch(id: u64, sequence: Option<i32>) -> Batch {

@@ -28,7 +28,7 @@ mod options;
 
 use crate::pipeline::{PendingResponse, PipelinedConnection};
 use crate::topics::TopicLayout;
-pub use client::{kafka_error, kafka_error_name, DeliveryFuture, Producer};
+pub use client::{kafka_error, DeliveryFuture, Producer};
 pub use options::ProducerOptions;
 
 /// Produce versions this producer speaks: v3 introduced RecordBatch v2; v13 replaces topic
