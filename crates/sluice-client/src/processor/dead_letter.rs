@@ -34,6 +34,17 @@ pub trait DeadLetterSink: Send + Sync {
         -> BoxFuture<'_, Result<RecordMetadata, ClientError>>;
 }
 
+/// The SDK producer parks dead letters: `publish` returns once the broker acknowledged the
+/// record (with the producer's acks, `all` by default).
+impl DeadLetterSink for crate::Producer {
+    fn publish(
+        &self,
+        record: ProducerRecord,
+    ) -> BoxFuture<'_, Result<RecordMetadata, ClientError>> {
+        Box::pin(async move { self.send(record).await?.await })
+    }
+}
+
 /// Which topic a dead letter goes to.
 #[derive(Clone)]
 pub enum DeadLetterTopic {
