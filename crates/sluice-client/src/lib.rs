@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod connection;
+pub mod consumer;
 pub mod fetcher;
 pub mod pipeline;
 pub mod producer;
@@ -10,6 +11,7 @@ pub mod topics;
 
 pub use admin::Admin;
 pub use connection::{ClientError, Connection};
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerOptions, RebalanceListener};
 pub use fetcher::{FetchConfig, Fetcher};
 pub use pipeline::PipelinedConnection;
 pub use producer::{BatchProducer, ProducerConfig};
