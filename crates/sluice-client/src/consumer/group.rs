@@ -566,6 +566,9 @@ impl Consumer {
                 return Ok(Round::Retry);
             }
         };
+        if response.error_code != codes::NONE {
+            tracing::debug!(group = %group_id, error = %broker_error("JoinGroup", response.error_code), "join answered with an error");
+        }
         match response.error_code {
             codes::NONE => {}
             codes::MEMBER_ID_REQUIRED => {
@@ -601,6 +604,7 @@ impl Consumer {
         } else {
             Vec::new()
         };
+        tracing::debug!(group = %group_id, %member_id, generation_id, "sending SyncGroup");
         let answer = call(&coordinator, 0..=5, |version| {
             let mut request = SyncGroupRequest::default()
                 .with_group_id(GroupId(StrBytes::from_string(group_id.clone())))
@@ -627,6 +631,9 @@ impl Consumer {
                 return Ok(Round::Retry);
             }
         };
+        if response.error_code != codes::NONE {
+            tracing::debug!(group = %group_id, error = %broker_error("SyncGroup", response.error_code), "sync failed; joining again");
+        }
         match response.error_code {
             codes::NONE => {}
             codes::REBALANCE_IN_PROGRESS | codes::ILLEGAL_GENERATION => return Ok(Round::Retry),

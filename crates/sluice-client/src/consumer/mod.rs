@@ -639,11 +639,12 @@ impl Consumer {
         Ok(())
     }
 
-    async fn backoff(&self) {
+    /// The pause before a retry; borrows nothing, so `poll` stays `Send` with a
+    /// listener that is only `Send`.
+    fn backoff(&self) -> tokio::time::Sleep {
         tokio::time::sleep(Duration::from_millis(u64::from(
             self.options.retry_backoff_ms,
         )))
-        .await;
     }
 
     fn request_timeout(&self) -> Duration {
