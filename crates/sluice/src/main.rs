@@ -2,6 +2,7 @@
 
 mod alloc_guard;
 mod bench;
+mod consume_cmd;
 mod group_cmd;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Group(group_cmd::GroupArgs),
     /// Benchmark any Kafka-compatible broker: produce, consume, end-to-end latency.
     Bench(bench::BenchArgs),
+    /// Print records of a topic, from a group (committing after printing) or from offsets.
+    Consume(consume_cmd::ConsumeArgs),
 }
 
 #[derive(Args)]
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Group(args) => runtime.block_on(group_cmd::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Consume(args) => runtime.block_on(consume_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
