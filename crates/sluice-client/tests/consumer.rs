@@ -141,7 +141,10 @@ async fn assign_and_seek_read_exactly_what_was_produced() {
     let p1 = TopicPartition::new("assigned", 1);
     consumer.assign(vec![p0.clone(), p1.clone()]).unwrap();
     consumer.seek(&p0, 3).unwrap();
-    consumer.seek_to_beginning(&[p1.clone()]).await.unwrap();
+    consumer
+        .seek_to_beginning(std::slice::from_ref(&p1))
+        .await
+        .unwrap();
     assert_eq!(consumer.position(&p0).await.unwrap(), 3);
     assert_eq!(consumer.position(&p1).await.unwrap(), 0);
 
@@ -178,7 +181,10 @@ async fn assign_and_seek_read_exactly_what_was_produced() {
     assert_eq!(consumer.position(&p1).await.unwrap(), 10);
     // Without a group nothing can be committed.
     assert!(consumer.commit_records(&records).await.is_err());
-    consumer.seek_to_end(&[p0.clone()]).await.unwrap();
+    consumer
+        .seek_to_end(std::slice::from_ref(&p0))
+        .await
+        .unwrap();
     assert_eq!(consumer.position(&p0).await.unwrap(), 10);
 }
 
@@ -234,7 +240,10 @@ async fn manual_commit_then_restart_resumes_from_the_committed_offset() {
     // Process and commit only the first 7 records.
     first.commit_records(&records[..7]).await.unwrap();
     let tp = TopicPartition::new("resume", 0);
-    assert_eq!(first.committed(&[tp.clone()]).await.unwrap()[&tp], 7);
+    assert_eq!(
+        first.committed(std::slice::from_ref(&tp)).await.unwrap()[&tp],
+        7
+    );
     first.close().await.unwrap();
 
     let mut second = Consumer::connect(&bootstrap, options(Some("resume-group")))
@@ -248,7 +257,10 @@ async fn manual_commit_then_restart_resumes_from_the_committed_offset() {
         values("r", 20)[7..].to_vec()
     );
     second.commit_sync().await.unwrap();
-    assert_eq!(second.committed(&[tp.clone()]).await.unwrap()[&tp], 20);
+    assert_eq!(
+        second.committed(std::slice::from_ref(&tp)).await.unwrap()[&tp],
+        20
+    );
     second.close().await.unwrap();
 }
 
@@ -261,7 +273,7 @@ async fn pause_stops_a_partition_until_resume() {
     let p1 = TopicPartition::new("pausing", 1);
     let mut consumer = Consumer::connect(&bootstrap, options(None)).await.unwrap();
     consumer.assign(vec![p0.clone(), p1.clone()]).unwrap();
-    consumer.pause(&[p0.clone()]).unwrap();
+    consumer.pause(std::slice::from_ref(&p0)).unwrap();
     assert_eq!(consumer.paused(), vec![p0.clone()]);
     let records = poll_n(&mut consumer, 4).await;
     assert!(records.iter().all(|r| r.partition == 1));
@@ -273,7 +285,7 @@ async fn pause_stops_a_partition_until_resume() {
             .is_empty());
     }
     assert_eq!(consumer.position(&p0).await.unwrap(), 0);
-    consumer.resume(&[p0.clone()]).unwrap();
+    consumer.resume(std::slice::from_ref(&p0)).unwrap();
     let records = poll_n(&mut consumer, 4).await;
     assert_eq!(
         records.iter().map(value).collect::<Vec<_>>(),
@@ -460,8 +472,8 @@ async fn a_group_splits_partitions_and_cooperative_rebalances_move_only_what_mus
         .collect();
     let a_revoked: Vec<String> = a.events()[a_seen..]
         .iter()
-        .cloned()
         .filter(|e| e.starts_with("revoked"))
+        .cloned()
         .collect();
     assert_eq!(
         a_revoked,
