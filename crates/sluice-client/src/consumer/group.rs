@@ -442,7 +442,13 @@ impl Consumer {
             self.prepare_rejoin().await?;
             match self.join_round().await? {
                 Round::Joined => {}
-                Round::Retry => self.backoff().await,
+                Round::Retry => {
+                    // prepare_rejoin cleared the flag; this round did not complete.
+                    if let Some(group) = &self.group {
+                        group.shared.rejoin.store(true, Ordering::SeqCst);
+                    }
+                    self.backoff().await
+                }
             }
         }
     }
