@@ -519,3 +519,74 @@ async fn a_group_splits_partitions_and_cooperative_rebalances_move_only_what_mus
     a.leave().await;
     c.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_commit_commits_the_positions_on_close() {
+    let (_broker, _dir, bootstrap) = start_broker().await;
+    produce(&bootstrap, "auto", 1, 0, &values("x", 6)).await;
+    let mut auto = options(Some("auto-group"));
+    auto.enable_auto_commit = true;
+    auto.max_poll_records = 4;
+    let mut consumer = Consumer::connect(&bootstrap, auto).await.unwrap();
+    consumer.subscribe(&["auto"]).await.unwrap();
+    let records = poll_n(&mut consumer, 4).await;
+    assert_eq!(records.len(), 4);
+    consumer.close().await.unwrap();
+
+    let mut check = Consumer::connect(&bootstrap, options(Some("auto-group")))
+        .await
+        .unwrap();
+    let tp = TopicPartition::new("auto", 0);
+    assert_eq!(
+        check.committed(std::slice::from_ref(&tp)).await.unwrap()[&tp],
+        4
+    );
+}
+
+/// Commits, on revocation, the offset it was told was processed.
+struct CommitOnRevoke(i64);
+
+impl RebalanceListener for CommitOnRevoke {
+    fn on_partitions_revoked(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Vec<(TopicPartition, i64)> {
+        partitions.iter().map(|tp| (tp.clone(), self.0)).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_returned_by_the_revoke_listener_are_committed() {
+    let (_broker, _dir, bootstrap) = start_broker().await;
+    produce(&bootstrap, "revoking", 1, 0, &values("y", 5)).await;
+    let mut consumer = Consumer::connect(&bootstrap, options(Some("revoke-group")))
+        .await
+        .unwrap();
+    consumer.set_rebalance_listener(Box::new(CommitOnRevoke(3)));
+    consumer.subscribe(&["revoking"]).await.unwrap();
+    poll_n(&mut consumer, 5).await;
+    consumer.close().await.unwrap();
+    let mut check = Consumer::connect(&bootstrap, options(Some("revoke-group")))
+        .await
+        .unwrap();
+    let tp = TopicPartition::new("revoking", 0);
+    assert_eq!(
+        check.committed(std::slice::from_ref(&tp)).await.unwrap()[&tp],
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_out_of_range_resets_by_auto_offset_reset() {
+    let (_broker, _dir, bootstrap) = start_broker().await;
+    produce(&bootstrap, "outofrange", 1, 0, &values("z", 3)).await;
+    let tp = TopicPartition::new("outofrange", 0);
+    let mut consumer = Consumer::connect(&bootstrap, options(None)).await.unwrap();
+    consumer.assign(vec![tp.clone()]).unwrap();
+    consumer.seek(&tp, 100).unwrap();
+    let records = poll_n(&mut consumer, 3).await;
+    assert_eq!(
+        records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+}
