@@ -48,7 +48,8 @@ pub struct ConsumeArgs {
     /// Exit after printing this many records.
     #[arg(long, short = 'n')]
     max_messages: Option<u64>,
-    /// Exit when no record arrived for this long (milliseconds).
+    /// Exit when no record arrived for this long (milliseconds) while partitions were
+    /// assigned.
     #[arg(long)]
     timeout_ms: Option<u64>,
     /// Output format.
@@ -164,6 +165,11 @@ async fn consume(consumer: &mut Consumer, args: &ConsumeArgs) -> anyhow::Result<
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         if records.is_empty() {
+            // Idle time counts from having partitions: joining a group (Kafka delays the
+            // first rebalance by group.initial.rebalance.delay.ms) is not idleness.
+            if consumer.assignment().is_empty() {
+                last_record = Instant::now();
+            }
             continue;
         }
         last_record = Instant::now();
