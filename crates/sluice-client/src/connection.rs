@@ -45,6 +45,16 @@ pub enum ClientError {
     /// The producer was closed: it accepts no more records.
     #[error("the producer is closed")]
     ProducerClosed,
+    /// The API was called in a way it does not support (what to do instead is in the text).
+    #[error("{0}")]
+    InvalidUse(String),
+    /// A partition has no committed offset and `auto_offset_reset` is `none`.
+    #[error("no committed offset for {0} and auto_offset_reset is none: commit an offset, seek, or use earliest/latest")]
+    NoOffset(String),
+    /// An offset commit was refused because the group rebalanced; the member rejoins in
+    /// its next poll and the partitions' owners re-read from the last successful commit.
+    #[error("commit failed because the group rebalanced ({0}); poll again, records since the last commit may be delivered again")]
+    CommitFailed(String),
 }
 
 /// A connection with negotiated API versions.

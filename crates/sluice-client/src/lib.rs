@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod connection;
+pub mod consumer;
 pub mod dedup;
 pub mod fetcher;
 pub mod partitioner;
@@ -13,6 +14,7 @@ pub mod topics;
 
 pub use admin::Admin;
 pub use connection::{ClientError, Connection};
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerOptions, RebalanceListener};
 pub use fetcher::{FetchConfig, Fetcher};
 pub use pipeline::PipelinedConnection;
 pub use processor::{Processor, ProcessorConfig};

@@ -3,6 +3,7 @@
 mod alloc_guard;
 mod bench;
 mod cluster_cmd;
+mod consume_cmd;
 mod group_cmd;
 mod output;
 mod produce_cmd;
@@ -44,6 +45,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Produce records, one per line, from stdin or a file.
     Produce(produce_cmd::ProduceArgs),
+    /// Print records of a topic, from a group (committing after printing) or from offsets.
+    Consume(consume_cmd::ConsumeArgs),
 }
 
 #[derive(Args)]
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => return output::finish(runtime.block_on(cluster_cmd::run(args))),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Produce(args) => return output::finish(runtime.block_on(produce_cmd::run(args))),
+        Command::Consume(args) => return output::finish(runtime.block_on(consume_cmd::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
