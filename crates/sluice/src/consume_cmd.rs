@@ -67,6 +67,27 @@ pub struct ConsumeArgs {
     /// Plain format: print the offset.
     #[arg(long)]
     print_offset: bool,
+    /// Instead of printing, run this shell command per record (value on stdin; topic,
+    /// partition, offset and key in SLUICE_TOPIC, SLUICE_PARTITION, SLUICE_OFFSET,
+    /// SLUICE_KEY). A non-zero exit is a failure: retried, then parked on --dlq. Needs -g.
+    #[arg(long, value_name = "CMD", requires = "group")]
+    exec: Option<String>,
+    /// With --exec: attempts per record (the first included) before it is dead-lettered.
+    #[arg(long, default_value_t = 3, requires = "exec")]
+    max_attempts: u32,
+    /// With --exec: wait before the first retry, doubling per retry up to 10 s.
+    #[arg(long, default_value_t = 100, requires = "exec")]
+    retry_backoff_ms: u64,
+    /// With --exec: the dead-letter topic [default: TOPIC.dlq].
+    #[arg(long, value_name = "TOPIC", requires = "exec")]
+    dlq: Option<String>,
+    /// With --exec: commands running at once (records with the same key always run in
+    /// order, one at a time).
+    #[arg(long, default_value_t = 4, requires = "exec")]
+    concurrency: usize,
+    /// With --exec: a command running longer is killed and counts as a failure.
+    #[arg(long, default_value_t = 60_000, requires = "exec")]
+    exec_timeout_ms: u64,
 }
 
 /// The longest a single poll waits, so idle timeouts and Ctrl-C are noticed promptly.
@@ -92,6 +113,21 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
                 args.bootstrap
             )
         })?;
+    if let Some(command) = &args.exec {
+        let plan = crate::exec_cmd::ExecPlan {
+            command: command.clone(),
+            topic: args.topic.clone(),
+            bootstrap: args.bootstrap.clone(),
+            max_attempts: args.max_attempts,
+            retry_backoff_ms: args.retry_backoff_ms,
+            dlq: args.dlq.clone(),
+            concurrency: args.concurrency,
+            exec_timeout_ms: args.exec_timeout_ms,
+            max_messages: args.max_messages,
+            timeout_ms: args.timeout_ms,
+        };
+        return crate::exec_cmd::run(consumer, plan).await;
+    }
     match (&args.group, args.partition) {
         (Some(_), None) => consumer.subscribe(&[args.topic.as_str()]).await?,
         _ => {

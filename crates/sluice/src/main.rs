@@ -4,6 +4,8 @@ mod alloc_guard;
 mod bench;
 mod cluster_cmd;
 mod consume_cmd;
+mod dlq_cmd;
+mod exec_cmd;
 mod group_cmd;
 mod output;
 mod produce_cmd;
@@ -45,8 +47,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Produce records, one per line, from stdin or a file.
     Produce(produce_cmd::ProduceArgs),
-    /// Print records of a topic, from a group (committing after printing) or from offsets.
+    /// Print records of a topic, from a group (committing after printing) or from offsets;
+    /// or run a command per record with retries and a dead-letter topic (--exec).
     Consume(consume_cmd::ConsumeArgs),
+    /// Dead-letter topics: list what they hold, replay them to their original topics.
+    Dlq(dlq_cmd::DlqArgs),
 }
 
 #[derive(Args)]
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Produce(args) => return output::finish(runtime.block_on(produce_cmd::run(args))),
         Command::Consume(args) => return output::finish(runtime.block_on(consume_cmd::run(args))),
+        Command::Dlq(args) => return output::finish(runtime.block_on(dlq_cmd::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
