@@ -339,13 +339,22 @@ impl ConnectionState {
     /// written and no response being computed.
     async fn until_idle(&self, idle: Duration) {
         loop {
-            tokio::time::sleep_until((self.last_active() + idle).into()).await;
+            // A timeout too large to represent (the setting allows i64::MAX ms) never fires.
+            let Some(deadline) = self.last_active().checked_add(idle) else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(deadline.into()).await;
             if self.computing.load(Ordering::Relaxed) {
                 // Re-checked at least once per `idle` (the end of computing touches).
-                tokio::time::sleep(idle.min(Duration::from_secs(1))).await;
+                tokio::time::sleep(idle.clamp(Duration::from_millis(10), Duration::from_secs(1)))
+                    .await;
                 continue;
             }
-            if self.last_active() + idle <= Instant::now() {
+            if self
+                .last_active()
+                .checked_add(idle)
+                .is_some_and(|deadline| deadline <= Instant::now())
+            {
                 return;
             }
         }
@@ -434,6 +443,8 @@ async fn read_requests(
             tokio::select! {
                 () = state.until_unwritten_at_most(inflight_bytes_max) => {}
                 _ = crate::server::stopped(&mut shutdown) => return,
+                // The writer failed (the peer went away): nothing will be written.
+                () = tx.closed() => return,
             }
         }
         let frame = tokio::select! {
@@ -788,7 +799,7 @@ mod tests {
         drop(held);
         drop(generous_slots);
         let _again = limits.admit(plain).unwrap();
-        assert!(limits.lock().per_ip.get(&generous).is_none());
+        assert!(!limits.lock().per_ip.contains_key(&generous));
         assert_eq!(limits.lock().total, 2);
     }
 
@@ -831,6 +842,14 @@ mod tests {
         assert_eq!(state.unwritten(), 5);
         state.remove_unwritten(100);
         assert_eq!(state.unwritten(), 0, "never below zero");
+    }
+
+    #[tokio::test]
+    async fn huge_idle_timeout_never_fires_and_never_panics() {
+        let state = ConnectionState::new();
+        let idle = Duration::from_millis(i64::MAX as u64);
+        let outcome = tokio::time::timeout(Duration::from_millis(50), state.until_idle(idle)).await;
+        assert!(outcome.is_err(), "an i64::MAX ms timeout fired");
     }
 
     #[tokio::test]
