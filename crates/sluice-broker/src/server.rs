@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -276,6 +276,16 @@ pub async fn run_listener(
     while connections.join_next().await.is_some() {}
 }
 
+/// Holds a connection busy (see [`ConnectionState::busy`]).
+struct BusyGuard<'a>(&'a ConnectionState);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
 /// What the reader and the writer of one connection share: when it was last active and
 /// how many response bytes wait to be written.
 #[derive(Debug)]
@@ -283,9 +293,10 @@ struct ConnectionState {
     opened: Instant,
     /// Milliseconds from `opened` to the last request read or response bytes written.
     last_active_ms: AtomicU64,
-    /// The writer awaits a response being computed (long-polling Fetch, acks=all fsync):
-    /// the connection is in use even if no byte moves.
-    computing: AtomicBool,
+    /// Requests being worked on: the reader dispatching one, the writer awaiting a
+    /// response being computed (long-polling Fetch, acks=all fsync). Non-zero means the
+    /// connection is in use even if no byte moves.
+    busy: AtomicUsize,
     /// Bytes of responses known (encoded, or located on disk) but not yet written.
     unwritten_bytes: AtomicUsize,
     /// Signalled by the writer when `unwritten_bytes` falls.
@@ -297,7 +308,7 @@ impl ConnectionState {
         ConnectionState {
             opened: Instant::now(),
             last_active_ms: AtomicU64::new(0),
-            computing: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
             unwritten_bytes: AtomicUsize::new(0),
             written: Notify::new(),
         }
@@ -312,9 +323,11 @@ impl ConnectionState {
         self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
     }
 
-    fn set_computing(&self, computing: bool) {
-        self.computing.store(computing, Ordering::Relaxed);
+    /// Marks the connection busy until the guard is dropped (which counts as activity).
+    fn busy(&self) -> BusyGuard<'_> {
+        self.busy.fetch_add(1, Ordering::Relaxed);
         self.touch();
+        BusyGuard(self)
     }
 
     fn add_unwritten(&self, bytes: usize) {
@@ -344,8 +357,8 @@ impl ConnectionState {
                 return std::future::pending().await;
             };
             tokio::time::sleep_until(deadline.into()).await;
-            if self.computing.load(Ordering::Relaxed) {
-                // Re-checked at least once per `idle` (the end of computing touches).
+            if self.busy.load(Ordering::Relaxed) > 0 {
+                // Re-checked at least once per `idle` (the end of busy work touches).
                 tokio::time::sleep(idle.clamp(Duration::from_millis(10), Duration::from_secs(1)))
                     .await;
                 continue;
@@ -451,7 +464,8 @@ async fn read_requests(
             frame = read_frame(&mut reader, frame_bytes_max) => frame,
             _ = crate::server::stopped(&mut shutdown) => Err(CloseReason::Shutdown),
         };
-        state.touch();
+        // Dispatching can wait (a partition lock, a coordinator): that is not idleness.
+        let busy = state.busy();
         let is_produce = matches!(&frame, Ok(frame) if frame.len() >= 2
             && i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Produce as i16);
         let outcome = match frame {
@@ -473,6 +487,7 @@ async fn read_requests(
             }
             other => other,
         };
+        drop(busy);
         match outcome {
             Ok(dispatched) => {
                 // A response encoded already counts now; one still being computed counts
@@ -613,17 +628,16 @@ async fn write_responses(
     }) = rx.recv().await
     {
         let computed = !matches!(dispatched, Dispatched::Now(_));
-        if computed {
-            state.set_computing(true);
-        }
-        let frame = match dispatched {
-            Dispatched::Now(frame) => Ok(frame.map(ResponseParts::from)),
-            Dispatched::Later(pending) => pending.await.map(|f| f.map(ResponseParts::from)),
-            Dispatched::LaterParts(pending) => pending.await,
+        let frame = {
+            let _busy = computed.then(|| state.busy());
+            match dispatched {
+                Dispatched::Now(frame) => Ok(frame.map(ResponseParts::from)),
+                Dispatched::Later(pending) => pending.await.map(|f| f.map(ResponseParts::from)),
+                Dispatched::LaterParts(pending) => pending.await,
+            }
         };
         let mut unwritten_bytes = counted_bytes;
         if computed {
-            state.set_computing(false);
             // Counted by its full size, file ranges included: that is what the socket
             // still has to take.
             let bytes = frame
@@ -850,6 +864,22 @@ mod tests {
         let idle = Duration::from_millis(i64::MAX as u64);
         let outcome = tokio::time::timeout(Duration::from_millis(50), state.until_idle(idle)).await;
         assert!(outcome.is_err(), "an i64::MAX ms timeout fired");
+    }
+
+    #[tokio::test]
+    async fn busy_connection_is_not_idle() {
+        let state = ConnectionState::new();
+        let idle = Duration::from_millis(20);
+        let busy = state.busy();
+        let outcome =
+            tokio::time::timeout(Duration::from_millis(200), state.until_idle(idle)).await;
+        assert!(
+            outcome.is_err(),
+            "closed as idle while a response was being computed"
+        );
+        drop(busy);
+        state.until_idle(idle).await;
+        assert_eq!(state.busy.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
