@@ -251,3 +251,202 @@ def test_many_bad_connections_then_good(bad_broker):
             c.close()
     time.sleep(0.3)
     assert_healthy(bad_broker)
+
+
+# --------------------------------------------------------------------------
+# The malformed-request table: strings, topic names, negative array lengths,
+# compact-length overflows. Each row: (name, request frame, response parser, the
+# outcomes Kafka semantics allow). An outcome is "closed" (the broker hung up, and its
+# log names the decode failure the row is about) or the error code the parser extracts.
+# Every row is followed by `assert_healthy` on new connections.
+# --------------------------------------------------------------------------
+
+API_CREATE_TOPICS = 19
+INVALID_TOPIC_EXCEPTION = 17
+CORR = 77
+
+
+def raw_string(b: bytes) -> bytes:
+    """A non-flexible STRING whose bytes are given as they are (maybe not UTF-8)."""
+    return kw.i16(len(b)) + b
+
+
+def metadata_v1_frame(name: bytes) -> bytes:
+    return kw.frame(kw.request_header_v1(kw.API_METADATA, 1, CORR) + kw.i32(1) + raw_string(name))
+
+
+def produce_v3_frame(name: bytes) -> bytes:
+    body = (kw.string(None) + kw.i16(1) + kw.i32(5000) + kw.i32(1) + raw_string(name)
+            + kw.i32(1) + kw.i32(0) + kw.nbytes(kw.encode_batch([(b"k", b"v")])))
+    return kw.frame(kw.request_header_v1(kw.API_PRODUCE, 3, CORR) + body)
+
+
+def create_topics_v2_frame(name: bytes, topics_len=None) -> bytes:
+    topic = raw_string(name) + kw.i32(1) + kw.i16(1) + kw.i32(0) + kw.i32(0)
+    count = kw.i32(1) if topics_len is None else kw.i32(topics_len)
+    body = count + topic + kw.i32(5000) + kw.i8(0)
+    return kw.frame(kw.request_header_v1(API_CREATE_TOPICS, 2, CORR) + body)
+
+
+def check_corr(r):
+    assert r.i32() == CORR
+
+
+def metadata_v1_code(resp):
+    r = kw.Reader(resp)
+    check_corr(r)
+    md = kw.parse_metadata_v1(r)
+    assert len(md["topics"]) == 1
+    return md["topics"][0]["error_code"]
+
+
+def produce_v3_code(resp):
+    r = kw.Reader(resp)
+    check_corr(r)
+    return kw.parse_produce_v3(r)["topics"][0]["partitions"][0]["error_code"]
+
+
+def create_topics_v2_code(resp):
+    r = kw.Reader(resp)
+    check_corr(r)
+    r.i32()  # throttle
+    topics = r.array(lambda r: (r.string(), r.i16(), r.string()))
+    assert len(topics) == 1, topics
+    return topics[0][1]
+
+
+def fetch_v4_frame_topics(count: int) -> bytes:
+    body = kw.i32(-1) + kw.i32(100) + kw.i32(1) + kw.i32(1 << 20) + kw.i8(0) + kw.i32(count)
+    return kw.frame(kw.request_header_v1(kw.API_FETCH, 4, CORR) + body)
+
+
+def fetch_v4_frame_partitions(topic: str, count: int) -> bytes:
+    body = (kw.i32(-1) + kw.i32(100) + kw.i32(1) + kw.i32(1 << 20) + kw.i8(0) + kw.i32(1)
+            + kw.string(topic) + kw.i32(count))
+    return kw.frame(kw.request_header_v1(kw.API_FETCH, 4, CORR) + body)
+
+
+def produce_v3_frame_partitions(topic: str, count: int) -> bytes:
+    body = (kw.string(None) + kw.i16(1) + kw.i32(5000) + kw.i32(1) + kw.string(topic)
+            + kw.i32(count))
+    return kw.frame(kw.request_header_v1(kw.API_PRODUCE, 3, CORR) + body)
+
+
+def produce_v3_frame_topics(count: int) -> bytes:
+    body = kw.string(None) + kw.i16(1) + kw.i32(5000) + kw.i32(count)
+    return kw.frame(kw.request_header_v1(kw.API_PRODUCE, 3, CORR) + body)
+
+
+def metadata_v12_frame(name_len_varint: bytes, tail: bytes = b"abc") -> bytes:
+    """Metadata v12 (flexible): one topic whose compact-string name length is given raw."""
+    body = kw.uvarint(2) + b"\x00" * 16 + name_len_varint + tail
+    return kw.frame(kw.request_header_v2(kw.API_METADATA, 12, CORR) + body)
+
+
+def create_topics_v5_frame(name_len_varint: bytes) -> bytes:
+    """CreateTopics v5 (flexible): one topic whose compact-string name length is raw."""
+    body = kw.uvarint(2) + name_len_varint + b"abc"
+    return kw.frame(kw.request_header_v2(API_CREATE_TOPICS, 5, CORR) + body)
+
+
+def only_closed(resp):
+    raise AssertionError(f"expected the connection to be closed, got a {len(resp)}-byte response")
+
+
+INVALID_UTF8 = b"bad-\xff\xfe-\xc3\x28"
+TOO_LONG = b"t" * 250
+ANY_INVALID_TOPIC = {"closed", INVALID_TOPIC_EXCEPTION}
+# A uvarint of 2^32 - 1 (as a compact length: 2^32 - 2 bytes) and one past u32.
+VARINT_U32_MAX = b"\xff\xff\xff\xff\x0f"
+VARINT_OVER_U32 = b"\xff\xff\xff\xff\x7f"
+VARINT_UNTERMINATED = b"\xff\xff\xff\xff\xff\xff"
+
+
+def malformed_rows(topic):
+    return [
+        # invalid UTF-8 in a string field: the decoder refuses the string
+        ("utf8-metadata-topic", metadata_v1_frame(INVALID_UTF8), metadata_v1_code, {"closed"}),
+        ("utf8-produce-topic", produce_v3_frame(INVALID_UTF8), produce_v3_code, {"closed"}),
+        ("utf8-create-topics-name", create_topics_v2_frame(INVALID_UTF8), create_topics_v2_code,
+         {"closed"}),
+        # topic names that are invalid or longer than 249 characters
+        ("long-name-create-topics", create_topics_v2_frame(TOO_LONG), create_topics_v2_code,
+         {INVALID_TOPIC_EXCEPTION}),
+        ("bad-chars-create-topics", create_topics_v2_frame(b"no/slashes"), create_topics_v2_code,
+         {INVALID_TOPIC_EXCEPTION}),
+        ("dot-create-topics", create_topics_v2_frame(b".."), create_topics_v2_code,
+         {INVALID_TOPIC_EXCEPTION}),
+        ("empty-create-topics", create_topics_v2_frame(b""), create_topics_v2_code,
+         {INVALID_TOPIC_EXCEPTION}),
+        ("long-name-metadata-autocreate", metadata_v1_frame(TOO_LONG), metadata_v1_code,
+         {INVALID_TOPIC_EXCEPTION}),
+        ("bad-chars-metadata-autocreate", metadata_v1_frame(b"sp ace"), metadata_v1_code,
+         {INVALID_TOPIC_EXCEPTION}),
+        ("long-name-produce", produce_v3_frame(TOO_LONG), produce_v3_code,
+         {INVALID_TOPIC_EXCEPTION, kw.UNKNOWN_TOPIC_OR_PARTITION}),
+        ("bad-chars-produce", produce_v3_frame(b"a*b"), produce_v3_code,
+         {INVALID_TOPIC_EXCEPTION, kw.UNKNOWN_TOPIC_OR_PARTITION}),
+        # negative array lengths (-1 is null, which these arrays may not be)
+        ("negative-produce-topics", produce_v3_frame_topics(-5), only_closed, {"closed"}),
+        ("null-produce-topics", produce_v3_frame_topics(-1), only_closed, {"closed"}),
+        ("negative-produce-partitions", produce_v3_frame_partitions(topic, -3), only_closed,
+         {"closed"}),
+        ("negative-fetch-topics", fetch_v4_frame_topics(-2), only_closed, {"closed"}),
+        ("null-fetch-topics", fetch_v4_frame_topics(-1), only_closed, {"closed"}),
+        ("negative-fetch-partitions", fetch_v4_frame_partitions(topic, -100), only_closed,
+         {"closed"}),
+        ("negative-create-topics", create_topics_v2_frame(b"x", topics_len=-7), only_closed,
+         {"closed"}),
+        ("null-create-topics", create_topics_v2_frame(b"x", topics_len=-1), only_closed,
+         {"closed"}),
+        # compact-string length overflow in flexible versions
+        ("compact-len-u32-max-metadata-v12", metadata_v12_frame(VARINT_U32_MAX), only_closed,
+         {"closed"}),
+        ("compact-len-over-u32-metadata-v12", metadata_v12_frame(VARINT_OVER_U32), only_closed,
+         {"closed"}),
+        ("compact-len-unterminated-metadata-v12", metadata_v12_frame(VARINT_UNTERMINATED),
+         only_closed, {"closed"}),
+        ("compact-len-past-frame-metadata-v12", metadata_v12_frame(kw.uvarint(1000)), only_closed,
+         {"closed"}),
+        ("compact-len-u32-max-create-topics-v5", create_topics_v5_frame(VARINT_U32_MAX),
+         only_closed, {"closed"}),
+    ]
+
+
+ROW_NAMES = [row[0] for row in malformed_rows("t")]
+
+# What the broker logs when it closes for each kind of row (by the row name's first word).
+CLOSE_REASONS = {
+    "utf8": "invalid utf-8",
+    "negative": "Array length is negative",
+    "null": "Array length is negative (-1)",
+    "compact": "Not enough bytes remaining",
+}
+
+
+def outcome_of(b, frame, parse):
+    with b.conn() as c:
+        c.send_raw(frame)
+        c.sock.settimeout(10)
+        try:
+            resp = c.recv_frame()
+        except kw.ConnectionClosed:
+            return "closed"
+        return parse(resp)
+
+
+@pytest.mark.parametrize("row", ROW_NAMES)
+def test_malformed_request_table(bad_broker, row):
+    name, frame, parse, allowed = next(r for r in malformed_rows(bad_broker.topic) if r[0] == row)
+    outcome = outcome_of(bad_broker, frame, parse)
+    if outcome == "closed":
+        # Closed for the reason the row is about, not by some earlier check.
+        reason = CLOSE_REASONS[name.split("-")[0]]
+        assert reason in bad_broker.stderr_text(), f"{name}: no close reason {reason!r} in the log"
+    assert outcome in allowed, f"{name}: got {outcome!r}, expected one of {allowed}"
+    assert_healthy(bad_broker)
+    # No topic was created under a name that is not valid.
+    with bad_broker.conn() as c:
+        md = kw.metadata_v1(c, None)
+        for t in md["topics"]:
+            assert len(t["name"]) <= 249 and " " not in t["name"] and "/" not in t["name"], t

@@ -39,6 +39,9 @@ pub enum SettingKind {
     /// A comma-separated, non-empty list of distinct words from a fixed list (Kafka's LIST
     /// type, e.g. `cleanup.policy=compact,delete`).
     List(&'static [&'static str]),
+    /// A comma-separated, possibly empty list of `ip:count` (Kafka's STRING
+    /// `max.connections.per.ip.overrides`); see [`parse_host_counts`].
+    HostCounts,
     /// A decimal number between `min` and `max` (Kafka's DOUBLE type).
     Double {
         min: f64,
@@ -312,6 +315,41 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "Requests of one connection that may be in progress at once (pipelining depth).",
     },
     SettingDef {
+        name: "max.connections",
+        aliases: &[],
+        default: "1000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Client connections open at once; a connection over the limit is accepted and closed at once (the listener keeps accepting others), so a flood of sockets cannot exhaust file descriptors.",
+    },
+    SettingDef {
+        name: "max.connections.per.ip",
+        aliases: &[],
+        default: "2147483647",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "Client connections open at once from one IP address (unlimited by default, like Kafka); a connection over the limit is accepted and closed at once.",
+    },
+    SettingDef {
+        name: "max.connections.per.ip.overrides",
+        aliases: &[],
+        default: "",
+        kind: SettingKind::HostCounts,
+        doc: "Per-IP exceptions to max.connections.per.ip, as a comma-separated list of ip:count (e.g. 127.0.0.1:200,::1:200). Addresses must be IP literals: the broker does not resolve names.",
+    },
+    SettingDef {
+        name: "connections.max.idle.ms",
+        aliases: &[],
+        default: "600000",
+        kind: SettingKind::Int { min: 1, max: i64::MAX },
+        doc: "Close a connection after this long without reading a request or writing response bytes; a response being computed (a long-polling Fetch, an acks=all Produce) counts as activity.",
+    },
+    SettingDef {
+        name: "connection.max.inflight.response.bytes",
+        aliases: &[],
+        default: "4194304",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Response bytes of one connection waiting to be written (Sluice's own setting; a Fetch counts by its full size, sendfile ranges included): above it the broker stops reading that connection's requests until the client reads, so a client that stops reading cannot make the broker buffer without bound. queued.max.requests bounds the count of requests in progress.",
+    },
+    SettingDef {
         name: "group.initial.rebalance.delay.ms",
         aliases: &[],
         default: "3000",
@@ -490,6 +528,14 @@ pub fn validate_value(def: &SettingDef, key: &str, value: &str) -> Result<String
             }
             Ok(words.join(","))
         }
+        SettingKind::HostCounts => {
+            let counts = parse_host_counts(value).map_err(invalid)?;
+            Ok(counts
+                .iter()
+                .map(|(ip, count)| format!("{ip}:{count}"))
+                .collect::<Vec<_>>()
+                .join(","))
+        }
         SettingKind::Double { min, max } => {
             let parsed: f64 = value
                 .parse()
@@ -503,6 +549,32 @@ pub fn validate_value(def: &SettingDef, key: &str, value: &str) -> Result<String
 }
 
 /// Parses `host:port` or `PLAINTEXT://host:port` (IPv6 hosts in brackets).
+/// Parses `ip:count,ip:count` (an IPv6 address may be bracketed: `[::1]:5`); an empty
+/// string is an empty list. Names are refused rather than resolved, so the limit that
+/// applies to a peer never depends on DNS.
+pub fn parse_host_counts(value: &str) -> Result<Vec<(std::net::IpAddr, usize)>, String> {
+    let mut out: Vec<(std::net::IpAddr, usize)> = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (host, count) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{entry}` is not ip:count"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr = host
+            .parse()
+            .map_err(|_| format!("`{host}` is not an IP address"))?;
+        let count: usize = count
+            .parse()
+            .ok()
+            .filter(|count| i32::try_from(*count).is_ok())
+            .ok_or_else(|| format!("`{count}` is not a connection count (0 to 2147483647)"))?;
+        match out.iter_mut().find(|(seen, _)| *seen == ip) {
+            Some(slot) => slot.1 = count,
+            None => out.push((ip, count)),
+        }
+    }
+    Ok(out)
+}
+
 pub fn parse_host_port(value: &str) -> Result<(String, u16), String> {
     let value = value.strip_prefix("PLAINTEXT://").unwrap_or(value);
     let (host, port) = value
@@ -763,6 +835,28 @@ impl BrokerConfig {
     }
 
     /// The metrics endpoint address, `None` when off (`metrics.listen` empty).
+    pub fn max_connections(&self) -> usize {
+        self.usize_value("max.connections")
+    }
+
+    pub fn max_connections_per_ip(&self) -> usize {
+        self.usize_value("max.connections.per.ip")
+    }
+
+    /// The per-IP exceptions to `max.connections.per.ip` (validated on the way in).
+    pub fn max_connections_per_ip_overrides(&self) -> Vec<(std::net::IpAddr, usize)> {
+        parse_host_counts(self.value("max.connections.per.ip.overrides").unwrap_or(""))
+            .unwrap_or_default()
+    }
+
+    pub fn connections_max_idle_ms(&self) -> u64 {
+        u64::try_from(self.int("connections.max.idle.ms")).unwrap_or(600_000)
+    }
+
+    pub fn connection_max_inflight_response_bytes(&self) -> usize {
+        self.usize_value("connection.max.inflight.response.bytes")
+    }
+
     pub fn metrics_listen(&self) -> Option<(String, u16)> {
         parse_host_port(self.value("metrics.listen").unwrap_or("")).ok()
     }
@@ -1029,5 +1123,45 @@ mod tests {
         );
         assert!(broker_setting("skip.install").is_none());
         assert_eq!(env_key("PATH"), None);
+    }
+
+    #[test]
+    fn connection_limit_settings_parse_and_default() {
+        let config = BrokerConfig::default();
+        assert_eq!(config.max_connections(), 1000);
+        assert_eq!(config.max_connections_per_ip(), i32::MAX as usize);
+        assert!(config.max_connections_per_ip_overrides().is_empty());
+        assert_eq!(config.connections_max_idle_ms(), 600_000);
+        assert_eq!(config.connection_max_inflight_response_bytes(), 4 << 20);
+
+        let config = BrokerConfig::from_pairs([(
+            "max.connections.per.ip.overrides",
+            " 127.0.0.1:5, [::1]:0,10.0.0.1:7,127.0.0.1:6 ",
+        )])
+        .unwrap();
+        let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        let other: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            config.max_connections_per_ip_overrides(),
+            vec![(localhost, 6), (v6, 0), (other, 7)]
+        );
+        assert_eq!(
+            config.value("max.connections.per.ip.overrides"),
+            Some("127.0.0.1:6,::1:0,10.0.0.1:7")
+        );
+        for bad in [
+            "localhost:5",
+            "127.0.0.1",
+            "127.0.0.1:-1",
+            "127.0.0.1:3000000000",
+        ] {
+            let err =
+                BrokerConfig::from_pairs([("max.connections.per.ip.overrides", bad)]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidValue { ref key, .. } if key == "max.connections.per.ip.overrides"),
+                "{bad}: {err:?}"
+            );
+        }
     }
 }

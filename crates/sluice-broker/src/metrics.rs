@@ -182,6 +182,22 @@ pub struct BrokerMetrics {
     /// One slot per entry of [`SUPPORTED_APIS`], same order.
     apis: Box<[ApiMetrics]>,
     connections_open: AtomicI64,
+    /// Connections closed at accept because `max.connections` was reached.
+    connections_rejected_max: AtomicU64,
+    /// Connections closed at accept because their IP was at `max.connections.per.ip`.
+    connections_rejected_per_ip: AtomicU64,
+    /// Connections closed after `connections.max.idle.ms` without activity.
+    connections_idle_closed: AtomicU64,
+    /// Times a connection's reader paused because its unwritten responses exceeded
+    /// `connection.max.inflight.response.bytes`.
+    connection_read_pauses: AtomicU64,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    MaxConnections,
+    MaxConnectionsPerIp,
 }
 
 impl Default for BrokerMetrics {
@@ -192,6 +208,10 @@ impl Default for BrokerMetrics {
                 .map(|_| ApiMetrics::default())
                 .collect(),
             connections_open: AtomicI64::new(0),
+            connections_rejected_max: AtomicU64::new(0),
+            connections_rejected_per_ip: AtomicU64::new(0),
+            connections_idle_closed: AtomicU64::new(0),
+            connection_read_pauses: AtomicU64::new(0),
         }
     }
 }
@@ -217,6 +237,25 @@ impl BrokerMetrics {
     pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
         self.connections_open.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard(Arc::clone(self))
+    }
+
+    /// Counts a connection refused at accept.
+    pub fn connection_rejected(&self, reason: RejectReason) {
+        let counter = match reason {
+            RejectReason::MaxConnections => &self.connections_rejected_max,
+            RejectReason::MaxConnectionsPerIp => &self.connections_rejected_per_ip,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed for being idle.
+    pub fn connection_idle_closed(&self) {
+        self.connections_idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reader pause for back-pressure.
+    pub fn connection_read_paused(&self) {
+        self.connection_read_pauses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a dispatched request and observes its latency from `started` (when its
@@ -359,8 +398,59 @@ pub fn render(broker: &Broker) -> String {
     );
     let open = broker.metrics.connections_open.load(Ordering::Relaxed);
     sample(&mut out, "sluice_connections_open", &[], open as f64);
+    render_connection_limits(&mut out, &broker.metrics);
     render_process(&mut out);
     out
+}
+
+fn render_connection_limits(out: &mut String, metrics: &BrokerMetrics) {
+    family(
+        out,
+        "sluice_connections_rejected_total",
+        "counter",
+        "Connections accepted and closed at once because a connection limit was reached (max.connections, max.connections.per.ip).",
+    );
+    for (reason, counter) in [
+        ("max_connections", &metrics.connections_rejected_max),
+        (
+            "max_connections_per_ip",
+            &metrics.connections_rejected_per_ip,
+        ),
+    ] {
+        let value = counter.load(Ordering::Relaxed);
+        sample(
+            out,
+            "sluice_connections_rejected_total",
+            &[("reason", reason)],
+            value as f64,
+        );
+    }
+    family(
+        out,
+        "sluice_connections_idle_closed_total",
+        "counter",
+        "Connections closed after connections.max.idle.ms without activity.",
+    );
+    let idle = metrics.connections_idle_closed.load(Ordering::Relaxed);
+    sample(
+        out,
+        "sluice_connections_idle_closed_total",
+        &[],
+        idle as f64,
+    );
+    family(
+        out,
+        "sluice_connection_read_pauses_total",
+        "counter",
+        "Times a connection stopped reading requests because its unwritten responses exceeded connection.max.inflight.response.bytes (a client not reading).",
+    );
+    let pauses = metrics.connection_read_pauses.load(Ordering::Relaxed);
+    sample(
+        out,
+        "sluice_connection_read_pauses_total",
+        &[],
+        pauses as f64,
+    );
 }
 
 fn render_traffic(out: &mut String, broker: &Broker) {

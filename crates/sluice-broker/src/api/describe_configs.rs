@@ -42,7 +42,10 @@ fn config_type(kind: SettingKind) -> i8 {
         SettingKind::Int { .. } => 5,
         SettingKind::Double { .. } => 6,
         SettingKind::List(_) => 7,
-        SettingKind::HostPort | SettingKind::Path | SettingKind::Choice(_) => 2,
+        SettingKind::HostPort
+        | SettingKind::Path
+        | SettingKind::Choice(_)
+        | SettingKind::HostCounts => 2,
     }
 }
 
