@@ -544,3 +544,48 @@ async fn records_fail_with_a_timeout_once_delivery_timeout_passes_without_a_brok
     }
     producer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_returns_only_after_every_callback_ran() {
+    let (broker, _dir) = start_broker(&[("num.partitions", "4")]).await;
+    let bootstrap = broker.local_addr.to_string();
+    let producer = Producer::connect(
+        &bootstrap,
+        ProducerOptions {
+            // Many small batches, so many completions race with flush.
+            batch_size_bytes: 200,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let called = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for round in 0..5 {
+        for i in 0..400 {
+            let called = Arc::clone(&called);
+            producer
+                .send_with_callback(
+                    ProducerRecord::new("callbacks", format!("{round}-{i}")),
+                    move |result| {
+                        assert!(result.is_ok());
+                        // A slow callback widens the window between a batch's completion
+                        // and its callbacks having run.
+                        if i % 50 == 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                        called.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        producer.flush().await;
+        assert_eq!(
+            called.load(std::sync::atomic::Ordering::SeqCst),
+            (round + 1) * 400,
+            "flush returned before every callback of round {round} ran"
+        );
+    }
+    producer.close().await;
+    broker.shutdown().await;
+}

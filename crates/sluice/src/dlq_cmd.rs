@@ -120,11 +120,10 @@ async fn read_to(
             continue;
         }
         empty_polls = 0;
-        records.extend(
-            polled
-                .into_iter()
-                .filter(|r| ends.get(&r.topic_partition()).is_some_and(|end| r.offset < *end)),
-        );
+        records.extend(polled.into_iter().filter(|r| {
+            ends.get(&r.topic_partition())
+                .is_some_and(|end| r.offset < *end)
+        }));
     }
     if let Some(limit) = limit {
         records.truncate(limit);
@@ -238,12 +237,12 @@ async fn replay(
     }
     let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
     for (delivery, record) in deliveries.into_iter().zip(&records) {
-        delivery
-            .await
-            .context("a replayed record was not acknowledged; nothing was committed, run replay again")?;
-        let target = to.map(str::to_string).or_else(|| {
-            dead_letter_headers(record).ok().map(|origin| origin.topic)
-        });
+        delivery.await.context(
+            "a replayed record was not acknowledged; nothing was committed, run replay again",
+        )?;
+        let target = to
+            .map(str::to_string)
+            .or_else(|| dead_letter_headers(record).ok().map(|origin| origin.topic));
         *per_topic.entry(target.unwrap_or_default()).or_default() += 1;
     }
     producer.close().await;

@@ -126,7 +126,10 @@ impl Revoker {
 }
 
 impl RebalanceListener for Revoker {
-    fn on_partitions_revoked(&mut self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+    fn on_partitions_revoked(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Vec<(TopicPartition, i64)> {
         self.revoke(partitions).into_iter().collect()
     }
 

@@ -910,6 +910,7 @@ impl Inner {
     fn finish(&self, mut batch: Batch, outcome: Outcome) {
         let mut replies: Vec<(Reply, Result<RecordMetadata, ClientError>)> = Vec::new();
         let completed;
+        let mut done_batch = None;
         {
             let mut state = self.lock();
             let state = &mut *state;
@@ -985,7 +986,7 @@ impl Inner {
                             .entry(batch.tp.clone())
                             .or_default()
                             .requeue(batch);
-                        return self.after_finish(false, replies);
+                        return self.after_finish(false, replies, None);
                     }
                 }
                 Outcome::Split(error) => {
@@ -1014,7 +1015,7 @@ impl Inner {
                             permit: part_permit,
                         });
                     }
-                    return self.after_finish(false, replies);
+                    return self.after_finish(false, replies, None);
                 }
                 Outcome::Fail(error) => {
                     if batch.sequence.is_some() && self.options.idempotent() {
@@ -1026,20 +1027,25 @@ impl Inner {
             }
             // A split batch completes when its last part does.
             if completed && !has_parts(state, &batch.tp, batch.id) {
-                state.incomplete.remove(&batch.id);
+                done_batch = Some(batch.id);
             }
         }
         drop(batch);
-        self.after_finish(completed, replies);
+        self.after_finish(completed, replies, done_batch);
     }
 
     fn after_finish(
         &self,
         completed: bool,
         replies: Vec<(Reply, Result<RecordMetadata, ClientError>)>,
+        done_batch: Option<u64>,
     ) {
         for (reply, result) in replies {
             reply.complete(result);
+        }
+        // Only after its callbacks ran: `flush` returning means every callback was called.
+        if let Some(id) = done_batch {
+            self.lock().incomplete.remove(&id);
         }
         if completed {
             self.completed.notify_waiters();
