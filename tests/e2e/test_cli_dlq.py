@@ -6,8 +6,10 @@ and commits past them (the group's lag is 0); `sluice dlq list` shows them and
 `sluice dlq replay` sends them back to their topic without the dead-letter headers, once."""
 
 import json
+import re
 import subprocess
 import sys
+import time
 
 from conftest import confluent_consume_all, create_topic, sluice_bin, unique_topic
 
@@ -125,6 +127,40 @@ def test_exec_dead_letters_exactly_the_failures_and_replay_round_trips(make_brok
         assert not any(k.startswith("sluice.dlq.") for k in headers), headers
         # Same key, so back on the key's partition.
         assert message.partition() == key_partition[message.key().decode()]
+
+
+def test_exec_members_share_a_topic_through_a_rebalance(make_broker, tmp_path):
+    """A second `consume --exec` joins while the first is busy: the first hands partitions
+    over (finishing and committing what it started), every record is handled, none twice,
+    and the group ends with no lag. The first learns of the rebalance from a heartbeat
+    (every 3 s), so the work is made to last longer than that."""
+    broker = make_broker(settings=SETTINGS)
+    topic = unique_topic("shared")
+    create_topic(broker.bootstrap, topic, partitions=4)
+    lines = [f"k{i % 16}:v-{i}" for i in range(160)]  # k0..k15 cover all 4 partitions
+    ok(sluice(broker.bootstrap, "produce", topic, "--key-separator", ":",
+              stdin=("\n".join(lines) + "\n").encode()))
+    done = tmp_path / "done.txt"
+    script = f"v=$(cat); sleep 0.15; echo \"$SLUICE_PARTITION $SLUICE_OFFSET $v\" >> {done}"
+    group = unique_topic("pair")
+    args = [sluice_bin(), "consume", topic, "-b", broker.bootstrap, "-g", group,
+            "--from-beginning", "--exec", script, "--concurrency", "2", "--timeout-ms", "4000"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not done.exists() or len(done.read_text().splitlines()) < 10):
+        time.sleep(0.1)
+    second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    outputs = [p.communicate(timeout=120) for p in (first, second)]
+    for proc, (_, err) in zip((first, second), outputs):
+        assert proc.returncode == 0, err.decode(errors="replace")
+    handled = done.read_text().splitlines()
+    values = [line.split(" ", 2)[2] for line in handled]
+    assert sorted(values) == sorted(line.split(":", 1)[1] for line in lines), "each exactly once"
+    assert set(group_lag(broker.bootstrap, group).values()) == {0}
+    summaries = [err.decode() for _, err in outputs]
+    counts = [int(re.search(r"processed (\d+) record", summary).group(1)) for summary in summaries]
+    assert sum(counts) == len(lines), summaries
+    assert min(counts) > 0, f"both members did part of the work: {counts}"
 
 
 def test_exec_needs_a_group(make_broker):

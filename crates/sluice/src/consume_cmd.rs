@@ -414,6 +414,12 @@ mod tests {
             print_headers: true,
             print_partition: true,
             print_offset: true,
+            exec: None,
+            max_attempts: 3,
+            retry_backoff_ms: 100,
+            dlq: None,
+            concurrency: 4,
+            exec_timeout_ms: 60_000,
         };
         let mut r = record();
         r.value = Some(Bytes::from_static(b"hello"));
