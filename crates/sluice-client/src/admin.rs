@@ -11,6 +11,7 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use crate::connection::{ClientError, Connection};
+use crate::topics::metadata_request;
 
 /// Repeats `$call` (an `.await`ed `Result`) after retriable errors, up to `retries` times
 /// with exponential backoff; a dropped connection is forgotten so the retry reconnects.
@@ -57,6 +58,24 @@ fn kafka_error_with(what: &str, code: i16, message: Option<&StrBytes>) -> Client
             .map(|m| m.as_str().to_string())
             .filter(|m| !m.is_empty()),
     }
+}
+
+/// One name's answer in a call about several names: `Ok`, or its own Kafka error. A
+/// retriable error (other than not found) fails the whole call instead, so that `retrying!`
+/// sends it again.
+fn name_result(
+    what: &str,
+    code: i16,
+    message: Option<&StrBytes>,
+) -> Result<Result<(), ClientError>, ClientError> {
+    if code == NONE {
+        return Ok(Ok(()));
+    }
+    let error = kafka_error_with(what, code, message);
+    if error.is_retriable() && !error.is_not_found() {
+        return Err(error);
+    }
+    Ok(Err(error))
 }
 
 /// Kafka's name for an error code (`UNKNOWN_TOPIC_OR_PARTITION`), as the Java client and
@@ -414,17 +433,7 @@ impl Admin {
         &mut self,
         topics: &[String],
     ) -> Result<BTreeMap<TopicPartition, String>, ClientError> {
-        let request = MetadataRequest::default()
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        metadata_request::MetadataRequestTopic::default()
-                            .with_name(Some(topic_name(t)))
-                    })
-                    .collect(),
-            ))
-            .with_allow_auto_topic_creation(false);
+        let request = metadata_request(Some(topics), false);
         let (_, response) = self.bootstrap().await?.send(1..=12, &request).await?;
         let brokers: HashMap<i32, String> = response
             .brokers
@@ -925,17 +934,7 @@ impl Admin {
         &mut self,
         topics: Option<&[String]>,
     ) -> Result<MetadataResponse, ClientError> {
-        let request = MetadataRequest::default()
-            .with_topics(topics.map(|topics| {
-                topics
-                    .iter()
-                    .map(|t| {
-                        metadata_request::MetadataRequestTopic::default()
-                            .with_name(Some(topic_name(t)))
-                    })
-                    .collect()
-            }))
-            .with_allow_auto_topic_creation(false);
+        let request = metadata_request(topics, false);
         let (_, response) = self.bootstrap().await?.send(1..=12, &request).await?;
         Ok(response)
     }
@@ -1098,19 +1097,11 @@ impl Admin {
                 .name
                 .map(|n| n.as_str().to_string())
                 .unwrap_or_default();
-            let result = if topic.error_code != NONE {
-                let error = kafka_error_with(
-                    &format!("deleting topic `{name}`"),
-                    topic.error_code,
-                    topic.error_message.as_ref(),
-                );
-                if error.is_retriable() && !error.is_not_found() {
-                    return Err(error);
-                }
-                Err(error)
-            } else {
-                Ok(())
-            };
+            let result = name_result(
+                &format!("deleting topic `{name}`"),
+                topic.error_code,
+                topic.error_message.as_ref(),
+            )?;
             results.insert(name, result);
         }
         Ok(results)
@@ -1233,19 +1224,11 @@ impl Admin {
         let mut results = BTreeMap::new();
         for topic in response.results {
             let name = topic.name.as_str().to_string();
-            let result = if topic.error_code != NONE {
-                let error = kafka_error_with(
-                    &format!("adding partitions to `{name}`"),
-                    topic.error_code,
-                    topic.error_message.as_ref(),
-                );
-                if error.is_retriable() && !error.is_not_found() {
-                    return Err(error);
-                }
-                Err(error)
-            } else {
-                Ok(())
-            };
+            let result = name_result(
+                &format!("adding partitions to `{name}`"),
+                topic.error_code,
+                topic.error_message.as_ref(),
+            )?;
             results.insert(name, result);
         }
         Ok(results)

@@ -76,15 +76,28 @@ enum Lookup {
     NotReady,
 }
 
+/// A Metadata request for `topics` (`None`: every topic; empty: only brokers and
+/// controller). With `allow_auto_creation` a broker that auto-creates topics creates
+/// missing ones (Metadata v4+), as the Java producer asks; admin and consumers do not.
+pub fn metadata_request(topics: Option<&[String]>, allow_auto_creation: bool) -> MetadataRequest {
+    MetadataRequest::default()
+        .with_topics(topics.map(|topics| {
+            topics
+                .iter()
+                .map(|t| {
+                    metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                })
+                .collect()
+        }))
+        .with_allow_auto_topic_creation(allow_auto_creation)
+}
+
 async fn lookup(
     connection: &mut Connection,
     topic: &str,
 ) -> Result<(Lookup, Option<String>), ClientError> {
-    let request = MetadataRequest::default()
-        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
-        )
-        .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]))
-        .with_allow_auto_topic_creation(false);
+    let request = metadata_request(Some(&[topic.to_string()]), false);
     let (_, response) = connection.send(1..=12, &request).await?;
     let brokers: HashMap<i32, String> = response
         .brokers

@@ -107,12 +107,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let mut consumer = Consumer::connect(&args.bootstrap, options)
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach the broker at {}: is it running? (set -b or SLUICE_BOOTSTRAP)",
-                args.bootstrap
-            )
-        })?;
+        .with_context(|| crate::output::unreachable_message(&args.bootstrap))?;
     if let Some(command) = &args.exec {
         let plan = crate::exec_cmd::ExecPlan {
             command: command.clone(),
@@ -152,12 +147,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 async fn topic_partitions(args: &ConsumeArgs) -> anyhow::Result<Vec<TopicPartition>> {
     let mut admin = Admin::connect(&args.bootstrap, Duration::from_secs(30))
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach the broker at {}: is it running? (set -b or SLUICE_BOOTSTRAP)",
-                args.bootstrap
-            )
-        })?;
+        .with_context(|| crate::output::unreachable_message(&args.bootstrap))?;
     let all = admin.partitions_of(&args.topic).await.with_context(|| {
         format!(
             "topic {} is not readable; does it exist? (`sluice topic list`)",
@@ -186,15 +176,9 @@ async fn consume(consumer: &mut Consumer, args: &ConsumeArgs) -> anyhow::Result<
     let mut last_record = Instant::now();
     let stdout = std::io::stdout();
     loop {
-        let wait_ms = match args.timeout_ms {
-            Some(idle_ms) => {
-                let idle = last_record.elapsed().as_millis() as u64;
-                if idle >= idle_ms {
-                    return Ok(());
-                }
-                (idle_ms - idle).min(POLL_MS_MAX)
-            }
-            None => POLL_MS_MAX,
+        let Some(wait_ms) = crate::output::poll_wait_ms(last_record, args.timeout_ms, POLL_MS_MAX)
+        else {
+            return Ok(());
         };
         let mut records = tokio::select! {
             polled = consumer.poll(Duration::from_millis(wait_ms)) => polled?,

@@ -240,15 +240,10 @@ async fn process(
         if busy || consumer.assignment().is_empty() {
             last_activity = Instant::now();
         }
-        let wait_ms = match plan.timeout_ms {
-            Some(idle_ms) => {
-                let idle = u64::try_from(last_activity.elapsed().as_millis()).unwrap_or(u64::MAX);
-                if idle >= idle_ms {
-                    return Ok(());
-                }
-                (idle_ms - idle).min(POLL_MS_MAX)
-            }
-            None => POLL_MS_MAX,
+        let Some(wait_ms) =
+            crate::output::poll_wait_ms(last_activity, plan.timeout_ms, POLL_MS_MAX)
+        else {
+            return Ok(());
         };
         let mut records = tokio::select! {
             polled = consumer.poll(Duration::from_millis(wait_ms)) => polled?,

@@ -157,6 +157,21 @@ pub fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// How long the next poll of a consuming command may wait: at most `poll_ms_max`, and no
+/// longer than what is left of `idle_timeout_ms` since `last_activity`; `None` once the
+/// command has been idle for `idle_timeout_ms` (time to exit).
+pub fn poll_wait_ms(
+    last_activity: std::time::Instant,
+    idle_timeout_ms: Option<u64>,
+    poll_ms_max: u64,
+) -> Option<u64> {
+    let Some(idle_ms) = idle_timeout_ms else {
+        return Some(poll_ms_max);
+    };
+    let idle = u64::try_from(last_activity.elapsed().as_millis()).unwrap_or(u64::MAX);
+    (idle < idle_ms).then(|| (idle_ms - idle).min(poll_ms_max))
+}
+
 /// Parses `KEY=VALUE` (for `--config` and `--set`); a bad one is a usage error.
 pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -212,6 +227,18 @@ pub fn ids(ids: &[i32]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn poll_waits_shrink_to_the_idle_timeout_and_end_it() {
+        let now = std::time::Instant::now();
+        assert_eq!(poll_wait_ms(now, None, 500), Some(500));
+        assert!(poll_wait_ms(now, Some(10_000), 500) == Some(500));
+        let wait = poll_wait_ms(now, Some(100), 500).unwrap();
+        assert!(wait <= 100 && wait > 0);
+        let long_ago = now - std::time::Duration::from_secs(5);
+        assert_eq!(poll_wait_ms(long_ago, Some(1_000), 500), None);
+    }
+
     use super::*;
 
     #[test]

@@ -695,17 +695,7 @@ impl Consumer {
         topics.extend(extra.iter().cloned());
         topics.sort();
         topics.dedup();
-        let request = MetadataRequest::default()
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        metadata_request::MetadataRequestTopic::default()
-                            .with_name(Some(topic_name(t)))
-                    })
-                    .collect(),
-            ))
-            .with_allow_auto_topic_creation(false);
+        let request = crate::topics::metadata_request(Some(&topics), false);
         let result = self
             .metadata_connection()
             .await?

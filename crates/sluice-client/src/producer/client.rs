@@ -44,8 +44,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    metadata_request, ApiKey, InitProducerIdRequest, MetadataRequest, ProduceRequest,
-    ProduceResponse, ProducerId, TopicName,
+    ApiKey, InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
@@ -742,17 +741,7 @@ impl Inner {
         topics: &[String],
     ) -> Result<(), ClientError> {
         let connection = self.control_connection(control).await?;
-        let request = MetadataRequest::default()
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        metadata_request::MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                    })
-                    .collect(),
-            ))
-            .with_allow_auto_topic_creation(true);
+        let request = crate::topics::metadata_request(Some(topics), true);
         // v4 added allow_auto_topic_creation.
         let (_, response) = connection.send(4..=12, &request).await?;
         let mut state = self.lock();
