@@ -646,6 +646,51 @@ fn open_topic(
 mod tests {
     use super::*;
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopening_on_several_threads_keeps_every_topic_and_partition_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig::from_pairs([
+            ("log.dirs", dir.path().display().to_string()),
+            ("num.recovery.threads.per.data.dir", "3".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(config.recovery_threads(), 3);
+        let topics = [("alpha", 5), ("beta", 1), ("gamma", 3)];
+        let replicas = ReplicaManager::open(config.clone()).unwrap();
+        for (name, partitions) in topics {
+            let new = NewTopic {
+                name,
+                partitions,
+                replication_factor: 1,
+                configs: vec![],
+            };
+            replicas.create_topic(&new, false).unwrap();
+            // Partition i gets i + 1 batches of (topic length) records: distinct log ends.
+            for index in 0..partitions {
+                let partition = replicas.partition(name, index).unwrap();
+                for _ in 0..=index {
+                    let mut batch = sluice_log::testing::batch(name.len(), 10, 1_000);
+                    partition.append(&mut batch, 1_000).unwrap();
+                }
+            }
+        }
+        replicas.shutdown();
+        drop(replicas);
+        let reopened = ReplicaManager::open(config).unwrap();
+        assert_eq!(reopened.all_topics().len(), topics.len());
+        for (name, partitions) in topics {
+            let topic = reopened.topic(name).unwrap();
+            assert_eq!(topic.partitions.len(), partitions as usize);
+            for (position, partition) in topic.partitions.iter().enumerate() {
+                assert_eq!(partition.index as usize, position);
+                assert_eq!(&*partition.topic, name);
+                let expected = (i64::from(partition.index) + 1) * name.len() as i64;
+                assert_eq!(partition.log_end_offset(), expected, "{name}-{position}");
+            }
+        }
+        reopened.shutdown();
+    }
+
     #[test]
     fn topic_names_follow_kafka_rules() {
         assert!(validate_topic_name("orders.v1_eu-west").is_ok());
