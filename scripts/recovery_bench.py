@@ -11,7 +11,8 @@ after a SIGKILL in the middle of a produce load (KILL_AFTER seconds into it), ti
 restart from the spawn until the listener accepts a connection. It prints a Markdown table
 of medians (min and max alongside) and the command that produced it on stdout.
 
-Environment: GIB (default 10), SLUICE_BIN (a binary to use instead of building one), RUNS (3), KILL_AFTER (3 seconds), WORK (a directory for the
+Environment: GIB (default 10), KILL_LOAD_RATE (messages per second of the load a SIGKILL
+interrupts, 100 B each over 8 partitions; default 200000), SLUICE_BIN (a binary to use instead of building one), RUNS (3), KILL_AFTER (3 seconds), WORK (a directory for the
 data, default a temporary one; deleted at the end unless KEEP=1; a directory that already
 holds enough data is reused as it is), WARM=1 (keep the data in the page
 cache; by default every data file is fsynced and evicted with POSIX_FADV_DONTNEED before each
@@ -35,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GIB_TARGET = float(os.environ.get("GIB", "10"))
 RUNS = int(os.environ.get("RUNS", "3"))
 KILL_AFTER_SEC = float(os.environ.get("KILL_AFTER", "3"))
+# Messages per second of the load a SIGKILL interrupts: enough to leave an unchecked tail,
+# little enough that the runs do not grow the log much.
+KILL_LOAD_RATE = int(os.environ.get("KILL_LOAD_RATE", "200000"))
 WARM = os.environ.get("WARM") == "1"
 KEEP = os.environ.get("KEEP") == "1"
 EXTRA_BROKER_ARGS = os.environ.get("SLUICE_BENCH_BROKER_ARGS", "").split()
@@ -98,7 +102,8 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def start(self):
-        """Spawns the broker and returns the seconds until its port accepts connections."""
+        """Spawns the broker; returns the seconds until its port accepts connections and the
+        bytes it read from the disk until then."""
         self.generation += 1
         log_file = open(self.work / f"broker-{self.generation}.log", "w")
         started = time.monotonic()
@@ -113,10 +118,17 @@ class Broker:
                                    f"{self.work / f'broker-{self.generation}.log'}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return time.monotonic() - started
+                    return time.monotonic() - started, self.disk_read_bytes()
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError("broker did not start in time")
+
+    def disk_read_bytes(self):
+        """Bytes the broker made the kernel fetch from the disk so far (/proc/<pid>/io)."""
+        for line in Path(f"/proc/{self.process.pid}/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+        return 0
 
     def terminate(self):
         self.process.terminate()
@@ -127,11 +139,11 @@ class Broker:
         self.process.wait()
 
 
-def produce(binary, broker, topic, partitions, message_bytes, duration_sec):
+def produce(binary, broker, topic, partitions, message_bytes, duration_sec, rate=0):
     return subprocess.Popen(
         [binary, "bench", "produce", "-b", broker.bootstrap, "--topic", topic,
          "--partitions", str(partitions), "--message-bytes", str(message_bytes),
-         "--duration", str(duration_sec), "--acks", "1", "--json"],
+         "--duration", str(duration_sec), "--acks", "1", "--rate", str(rate), "--json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -156,8 +168,8 @@ def restart_after_sigterm(broker):
 
 def restart_after_sigkill(binary, broker):
     prefix, partitions, message_bytes = SHAPES[1]
-    load = produce(binary, broker, f"{prefix}-0", partitions, message_bytes,
-                   int(KILL_AFTER_SEC) + 5)
+    load = produce(binary, broker, f"{prefix}-kill", partitions, message_bytes,
+                   int(KILL_AFTER_SEC) + 5, KILL_LOAD_RATE)
     time.sleep(KILL_AFTER_SEC)
     broker.kill()
     load.kill()
@@ -167,9 +179,11 @@ def restart_after_sigkill(binary, broker):
     return broker.start()
 
 
-def summary(label, seconds):
+def summary(label, runs):
+    seconds = [run[0] for run in runs]
+    read_mib = statistics.median(run[1] for run in runs) / 1024 ** 2
     return (f"| {label} | {len(seconds)} | {statistics.median(seconds):.2f} | "
-            f"{min(seconds):.2f} | {max(seconds):.2f} |")
+            f"{min(seconds):.2f} | {max(seconds):.2f} | {read_mib:.1f} |")
 
 
 def main():
@@ -193,11 +207,11 @@ def main():
         sigterm = []
         for run in range(RUNS):
             sigterm.append(restart_after_sigterm(broker))
-            log(f"SIGTERM run {run + 1}: {sigterm[-1]:.2f} s")
+            log(f"SIGTERM run {run + 1}: {sigterm[-1][0]:.2f} s, {sigterm[-1][1]} bytes read")
         sigkill = []
         for run in range(RUNS):
             sigkill.append(restart_after_sigkill(binary, broker))
-            log(f"SIGKILL run {run + 1}: {sigkill[-1]:.2f} s")
+            log(f"SIGKILL run {run + 1}: {sigkill[-1][0]:.2f} s, {sigkill[-1][1]} bytes read")
         broker.terminate()
     finally:
         if broker.process is not None and broker.process.poll() is None:
@@ -207,13 +221,15 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
     cache = "warm page cache" if WARM else "data evicted from the page cache before each start"
     print(f"Restart time of a release broker over {size_gib:.2f} GiB in {partitions} partitions "
-          f"({cache}); seconds from spawn until the port accepts.\n")
-    print("| restart | runs | median s | min s | max s |")
-    print("|---|---|---|---|---|")
+          f"({cache}); seconds from spawn until the port accepts, and what the broker read "
+          "from the disk until then (`read_bytes` of /proc/<pid>/io).\n")
+    print("| restart | runs | median s | min s | max s | median MiB read from disk |")
+    print("|---|---|---|---|---|---|")
     print(summary("after SIGTERM (clean shutdown)", sigterm))
-    print(summary(f"after SIGKILL {KILL_AFTER_SEC:g} s into a produce load", sigkill))
+    print(summary(f"after SIGKILL {KILL_AFTER_SEC:g} s into a produce load of "
+                  f"{KILL_LOAD_RATE} msg/s", sigkill))
     settings = " ".join(f"{k}={os.environ[k]}" for k in
-                        ("GIB", "RUNS", "KILL_AFTER", "WARM", "SLUICE_BENCH_BROKER_ARGS")
+                        ("GIB", "RUNS", "KILL_AFTER", "KILL_LOAD_RATE", "WARM", "SLUICE_BENCH_BROKER_ARGS")
                         if k in os.environ)
     print(f"\nCommand: `{settings + ' ' if settings else ''}python3 scripts/recovery_bench.py`")
 
