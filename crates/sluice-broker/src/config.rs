@@ -175,6 +175,13 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "How often the recovery point of each partition is checkpointed; recovery scans only what follows it.",
     },
     SettingDef {
+        name: "num.recovery.threads.per.data.dir",
+        aliases: &[],
+        default: "4",
+        kind: SettingKind::Int { min: 1, max: 256 },
+        doc: "Threads that open (and recover) partition logs in parallel at start-up.",
+    },
+    SettingDef {
         name: "message.max.bytes",
         aliases: &[],
         default: "1048588",
@@ -828,6 +835,11 @@ impl BrokerConfig {
 
     pub fn checkpoint_interval_ms(&self) -> u64 {
         u64::try_from(self.int("log.flush.offset.checkpoint.interval.ms")).unwrap_or(60_000)
+    }
+
+    /// Threads opening partition logs at start-up (`num.recovery.threads.per.data.dir`).
+    pub fn recovery_threads(&self) -> usize {
+        usize::try_from(self.int("num.recovery.threads.per.data.dir")).unwrap_or(1)
     }
 
     pub fn queued_max_requests(&self) -> usize {

@@ -119,10 +119,11 @@ impl ReplicaManager {
         let dir_sync = Arc::new(DataDirSync::open(&data_dir).map_err(|e| {
             TopicError::Storage(format!("cannot open {}: {e}", data_dir.display()))
         })?);
+        let records: Vec<TopicRecord> = metadata.topics().cloned().collect();
+        let threads = config.recovery_threads();
         let mut topics = HashMap::new();
-        for record in metadata.topics() {
-            let state = open_topic(&data_dir, &dir_sync, &config, record.clone(), 0)?;
-            topics.insert(record.name.clone(), state);
+        for state in open_topics(&data_dir, &dir_sync, &config, records, threads)? {
+            topics.insert(state.record.name.clone(), state);
         }
         let manager = Arc::new(ReplicaManager {
             config: RwLock::new(Arc::new(config)),
@@ -553,6 +554,68 @@ pub fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
+/// Opens every partition of `records` at start-up on up to `threads` threads (their logs
+/// recover independently, and a recovery mostly waits on the disk), keeping the order of
+/// topics and partitions. The first error wins, as with one thread.
+fn open_topics(
+    data_dir: &Path,
+    dir_sync: &Arc<DataDirSync>,
+    config: &BrokerConfig,
+    records: Vec<TopicRecord>,
+    threads: usize,
+) -> Result<Vec<Arc<TopicState>>, TopicError> {
+    let settings: Vec<TopicSettings> = records
+        .iter()
+        .map(|record| TopicSettings::resolve(&record.configs, config))
+        .collect();
+    let jobs: Vec<(usize, i32)> = records
+        .iter()
+        .enumerate()
+        .flat_map(|(topic, record)| (0..record.partitions).map(move |index| (topic, index)))
+        .collect();
+    let results: Vec<Mutex<Option<Result<Log, LogError>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    let next_job = std::sync::atomic::AtomicUsize::new(0);
+    let open_jobs = || loop {
+        let job = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(&(topic, index)) = jobs.get(job) else {
+            break;
+        };
+        let dir = partition_dir(data_dir, &records[topic].name, index);
+        let opened = Log::open(&dir, settings[topic].log.clone());
+        if let Some(slot) = results.get(job) {
+            *slot.lock() = Some(opened);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads.clamp(1, jobs.len().max(1)) {
+            scope.spawn(open_jobs);
+        }
+        open_jobs();
+    });
+    let mut results = results.into_iter().map(|slot| slot.into_inner());
+    let mut states = Vec::with_capacity(records.len());
+    for (record, settings) in records.into_iter().zip(settings) {
+        let name: Arc<str> = Arc::from(record.name.as_str());
+        let mut partitions = Vec::new();
+        for index in 0..record.partitions {
+            let log = results.next().flatten().ok_or_else(|| {
+                TopicError::Storage(format!("partition {}-{index} was not opened", record.name))
+            })??;
+            tracing::debug!(topic = %record.name, partition = index, log_end_offset = log.log_end_offset(), "opened partition");
+            partitions.push(Partition::new(
+                Arc::clone(&name),
+                index,
+                log,
+                settings.clone(),
+                Arc::clone(dir_sync),
+            ));
+        }
+        states.push(Arc::new(TopicState { record, partitions }));
+    }
+    Ok(states)
+}
+
 /// Opens partitions `first..record.partitions` of a topic.
 fn open_topic(
     data_dir: &Path,
@@ -582,6 +645,51 @@ fn open_topic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopening_on_several_threads_keeps_every_topic_and_partition_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig::from_pairs([
+            ("log.dirs", dir.path().display().to_string()),
+            ("num.recovery.threads.per.data.dir", "3".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(config.recovery_threads(), 3);
+        let topics = [("alpha", 5), ("beta", 1), ("gamma", 3)];
+        let replicas = ReplicaManager::open(config.clone()).unwrap();
+        for (name, partitions) in topics {
+            let new = NewTopic {
+                name,
+                partitions,
+                replication_factor: 1,
+                configs: vec![],
+            };
+            replicas.create_topic(&new, false).unwrap();
+            // Partition i gets i + 1 batches of (topic length) records: distinct log ends.
+            for index in 0..partitions {
+                let partition = replicas.partition(name, index).unwrap();
+                for _ in 0..=index {
+                    let mut batch = sluice_log::testing::batch(name.len(), 10, 1_000);
+                    partition.append(&mut batch, 1_000).unwrap();
+                }
+            }
+        }
+        replicas.shutdown();
+        drop(replicas);
+        let reopened = ReplicaManager::open(config).unwrap();
+        assert_eq!(reopened.all_topics().len(), topics.len());
+        for (name, partitions) in topics {
+            let topic = reopened.topic(name).unwrap();
+            assert_eq!(topic.partitions.len(), partitions as usize);
+            for (position, partition) in topic.partitions.iter().enumerate() {
+                assert_eq!(partition.index as usize, position);
+                assert_eq!(&*partition.topic, name);
+                let expected = (i64::from(partition.index) + 1) * name.len() as i64;
+                assert_eq!(partition.log_end_offset(), expected, "{name}-{position}");
+            }
+        }
+        reopened.shutdown();
+    }
 
     #[test]
     fn topic_names_follow_kafka_rules() {

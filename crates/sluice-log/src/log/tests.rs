@@ -538,3 +538,59 @@ fn append_batch_leaves_the_buffer_untouched_and_stores_the_rewritten_header() {
     assert_eq!(log.recovery_report().bytes_truncated, 0);
     assert_eq!(log.recovery_report().batches_verified, 4);
 }
+
+#[test]
+fn reopen_after_clean_flush_replays_no_batches_without_idempotent_producers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1_000, 100)).unwrap();
+    let stored: Vec<StoredBatch> = (0..40)
+        .map(|i| append_stored(&mut log, &batch(2, 40, i), 0))
+        .collect();
+    assert!(log.segment_count() > 2);
+    log.flush().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), config(1_000, 100)).unwrap();
+    let report = log.recovery_report();
+    assert_eq!(report.producer_snapshot_offset, Some(80));
+    assert_eq!(report.producer_batches_replayed, 0);
+    assert_eq!(report.batches_verified, 0);
+    assert_eq!(report.indexes_rebuilt, 0);
+    assert_eq!(report.producers_loaded, 0);
+    assert_every_offset_reads_back(&log, &stored);
+}
+
+#[test]
+fn after_a_crash_only_what_follows_the_recovery_point_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    let stored: Vec<StoredBatch> = (0..20)
+        .map(|i| {
+            let stored = append_stored(&mut log, &batch(1, 30, i), 0);
+            if i == 9 {
+                log.flush().unwrap();
+            }
+            stored
+        })
+        .collect();
+    assert_eq!(log.recovery_point(), 10);
+    // A crash: the last ten batches were never checkpointed.
+    drop(log);
+    let path = dir.path().join("00000000000000000000.log");
+    let mut bytes = fs::read(&path).unwrap();
+    let position = |index: usize| -> usize { stored[..index].iter().map(|s| s.bytes.len()).sum() };
+    // A payload byte of batch 2 (checkpointed: must not be read) and of batch 15 (after the
+    // recovery point: its CRC must catch it).
+    bytes[position(2) + 70] ^= 0xff;
+    bytes[position(15) + 70] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    let report = log.recovery_report();
+    assert_eq!(log.log_end_offset(), 15);
+    assert_eq!(report.bytes_truncated, (position(20) - position(15)) as u64);
+    assert_eq!(report.batches_verified, 5);
+    assert_eq!(report.producer_snapshot_offset, Some(10));
+    assert_eq!(report.producer_batches_replayed, 5);
+    // The checkpointed batch was trusted, not read: its flipped byte is still there.
+    assert_ne!(read_first_batch(&log, 2), stored[2].bytes);
+    assert_every_offset_reads_back(&log, &stored[3..15]);
+}
