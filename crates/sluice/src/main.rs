@@ -129,13 +129,18 @@ fn collect_settings(args: &ServeArgs) -> anyhow::Result<Vec<(String, String)>> {
     Ok(pairs)
 }
 
-fn init_logging() {
+/// Logs go to stderr, coloured only on a terminal. The broker logs at `info`; the client
+/// commands at `warn` (their results and errors are printed, routine group events are
+/// not). `SLUICE_LOG` or `RUST_LOG` overrides either.
+fn init_logging(default_level: &str) {
+    use std::io::IsTerminal;
     let filter = std::env::var("SLUICE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
+        .unwrap_or_else(|_| default_level.to_string());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -164,7 +169,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
