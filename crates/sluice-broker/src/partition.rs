@@ -452,3 +452,54 @@ impl Partition {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    fn partition(dir: &std::path::Path) -> Arc<Partition> {
+        let settings = TopicSettings::resolve(&BTreeMap::new(), &BrokerConfig::default());
+        let log = Log::open(&dir.join("t-0"), settings.log.clone()).unwrap();
+        let dir_sync = Arc::new(DataDirSync::open(dir).unwrap());
+        Partition::new(Arc::from("t"), 0, log, settings, dir_sync)
+    }
+
+    #[test]
+    fn error_log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let limiter = ErrorLogLimiter::default();
+        assert_eq!(limiter.admit(1_000), Some(0));
+        assert_eq!(limiter.admit(1_001), None);
+        assert_eq!(limiter.admit(1_000 + ERROR_LOG_INTERVAL_MS - 1), None);
+        assert_eq!(limiter.admit(1_000 + ERROR_LOG_INTERVAL_MS), Some(2));
+        assert_eq!(limiter.admit(1_000 + ERROR_LOG_INTERVAL_MS + 1), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_ends_acks_all_waits_with_failed_and_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition(dir.path());
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        assert_eq!(partition.wait_durable(0, far).await, SyncWait::Synced);
+        let soon = tokio::time::Instant::now() + Duration::from_millis(10);
+        assert_eq!(partition.wait_durable(1, soon).await, SyncWait::TimedOut);
+
+        let waiter = {
+            let partition = Arc::clone(&partition);
+            tokio::spawn(async move { partition.wait_durable(1, far).await })
+        };
+        tokio::task::yield_now().await;
+        // What `sync_once` does when the fsync fails.
+        partition.log.lock().mark_failed("fsync failed: test");
+        partition.storage_failed.send_replace(true);
+        assert_eq!(waiter.await.unwrap(), SyncWait::Failed);
+        assert_eq!(partition.wait_durable(1, far).await, SyncWait::Failed);
+        assert!(!partition.wait_synced(1, far).await);
+        // Later syncs never report anything synced again.
+        partition.sync_once().await.unwrap();
+        assert_eq!(*partition.synced_offset.borrow(), 0);
+        assert!(partition.log.lock().failure().is_some());
+    }
+}
