@@ -388,9 +388,16 @@ impl Partition {
     pub fn flush(&self) -> Result<(), LogError> {
         let mut log = self.log.lock();
         log.flush()?;
-        let end = log.log_end_offset();
+        // The synced offset, not the log end: after a failed fsync they differ for good.
+        let end = log.synced_offset();
         drop(log);
-        self.synced_offset.send_replace(end);
+        self.synced_offset.send_if_modified(|synced| {
+            let moved = end > *synced;
+            if moved {
+                *synced = end;
+            }
+            moved
+        });
         Ok(())
     }
 

@@ -603,6 +603,11 @@ impl Log {
 
     /// Records that everything below `offset_end` is on disk (after `SyncTarget::sync`).
     pub fn mark_synced(&mut self, offset_end: i64) {
+        if self.failed.is_some() {
+            // After a failed fsync a later successful one proves nothing (the kernel may
+            // have dropped the pages): the recovery point stays, so a restart checks the tail.
+            return;
+        }
         let offset_end = offset_end.min(self.log_end_offset());
         if offset_end <= self.synced_offset {
             return;

@@ -701,5 +701,12 @@ fn marked_failed_log_refuses_appends_with_an_io_error() {
     assert_eq!(log.failure(), Some("fsync failed: test"));
     let error = log.append(&mut batch(1, 20, 100), 0, 0).unwrap_err();
     assert!(error.to_string().contains("fsync failed: test"), "{error}");
+    assert_every_offset_reads_back(&log, std::slice::from_ref(&first));
+    // Nothing is marked synced any more: the recovery point stays where it was.
+    let synced = log.synced_offset();
+    log.flush().unwrap();
+    assert_eq!(log.synced_offset(), synced);
+    drop(log);
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     assert_every_offset_reads_back(&log, &[first]);
 }
