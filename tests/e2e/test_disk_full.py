@@ -147,7 +147,8 @@ def test_disk_full_storage_error_then_recovery(small_fs):
         broker.assert_alive()
 
         log_text = broker.stderr_text()
-        assert "append failed" in log_text
+        # One line per failure kind, not one per request (the limit is one per 10 s).
+        assert 1 <= log_text.count("append failed") < len(codes), log_text
         assert "panicked" not in log_text
 
         # SIGKILL + restart: every acknowledged record exactly once, nothing else.
