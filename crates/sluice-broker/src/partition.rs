@@ -43,6 +43,52 @@ pub struct Partition {
     closed: watch::Sender<bool>,
     /// Bytes and records in and out, for the metrics endpoint (lock-free counters).
     pub metrics: crate::metrics::PartitionMetrics,
+    /// Set when an fsync failed: acks=all waiters get KAFKA_STORAGE_ERROR instead of
+    /// waiting for an offset that will never be synced.
+    storage_failed: watch::Sender<bool>,
+    /// Rate limits for the error lines of failed appends (write, roll) and fsyncs: a full
+    /// disk fails every produce, the log should say so once, not thousands of times.
+    append_error_log: ErrorLogLimiter,
+    fsync_error_log: ErrorLogLimiter,
+}
+
+/// How long one kind of storage error stays quiet after it was logged.
+const ERROR_LOG_INTERVAL_MS: i64 = 10_000;
+
+/// Lets one error line through per [`ERROR_LOG_INTERVAL_MS`] and counts the rest.
+#[derive(Default)]
+struct ErrorLogLimiter {
+    last_logged_ms: AtomicI64,
+    suppressed: AtomicI64,
+}
+
+impl ErrorLogLimiter {
+    /// Returns `Some(suppressed since the last line)` when this error should be logged.
+    fn admit(&self, now_ms: i64) -> Option<i64> {
+        let last = self.last_logged_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < ERROR_LOG_INTERVAL_MS {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if self
+            .last_logged_ms
+            .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// How an acks=all wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncWait {
+    Synced,
+    /// An fsync failed; the batch may not be on disk (KAFKA_STORAGE_ERROR).
+    Failed,
+    TimedOut,
 }
 
 /// What a fetch of one partition found.
@@ -75,6 +121,9 @@ impl Partition {
             unsynced_bytes: AtomicI64::new(0),
             closed: watch::channel(false).0,
             metrics: crate::metrics::PartitionMetrics::default(),
+            storage_failed: watch::channel(false).0,
+            append_error_log: ErrorLogLimiter::default(),
+            fsync_error_log: ErrorLogLimiter::default(),
         })
     }
 
@@ -128,7 +177,17 @@ impl Partition {
         let prepared = prepare_batch_buf(batch, &policy, now_ms)?;
         let (info, end) = {
             let mut log = self.log.lock();
-            let info = log.append_batch(batch, SINGLE_NODE_LEADER_EPOCH, now_ms)?;
+            let info = match log.append_batch(batch, SINGLE_NODE_LEADER_EPOCH, now_ms) {
+                Ok(info) => info,
+                Err(error) => {
+                    if let LogError::Io(io) = &error {
+                        if let Some(suppressed) = self.append_error_log.admit(now_ms) {
+                            tracing::error!(topic = %self.topic, partition = self.index, error = %io, suppressed, "append failed; produce gets KAFKA_STORAGE_ERROR, the log is unchanged");
+                        }
+                    }
+                    return Err(error);
+                }
+            };
             (info, log.log_end_offset())
         };
         self.high_watermark.send_replace(end);
@@ -166,14 +225,31 @@ impl Partition {
     /// Waits until every offset below `offset_end` is on disk, or the deadline passes.
     /// Returns whether it is on disk.
     pub async fn wait_synced(&self, offset_end: i64, deadline: tokio::time::Instant) -> bool {
+        self.wait_durable(offset_end, deadline).await == SyncWait::Synced
+    }
+
+    /// [`Partition::wait_synced`] that also ends (with [`SyncWait::Failed`]) when an fsync
+    /// of this partition fails.
+    pub async fn wait_durable(&self, offset_end: i64, deadline: tokio::time::Instant) -> SyncWait {
         let mut synced = self.synced_offset.subscribe();
         if *synced.borrow_and_update() >= offset_end {
-            return true;
+            return SyncWait::Synced;
+        }
+        let mut failed = self.storage_failed.subscribe();
+        if *failed.borrow_and_update() {
+            return SyncWait::Failed;
         }
         self.flush_wanted.notify_one();
-        let reached =
-            tokio::time::timeout_at(deadline, synced.wait_for(|o| *o >= offset_end)).await;
-        matches!(reached, Ok(Ok(_)))
+        let waited = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                reached = synced.wait_for(|o| *o >= offset_end) => {
+                    if reached.is_ok() { SyncWait::Synced } else { SyncWait::TimedOut }
+                }
+                _ = failed.wait_for(|f| *f) => SyncWait::Failed,
+            }
+        })
+        .await;
+        waited.unwrap_or(SyncWait::TimedOut)
     }
 
     /// A receiver that changes whenever the high watermark moves (for long polling).
@@ -237,6 +313,21 @@ impl Partition {
     /// One group commit: fsync everything appended so far (outside the lock), then
     /// publish the new synced offset. Batches appended during the fsync wait for the next.
     pub async fn sync_once(&self) -> Result<(), LogError> {
+        if *self.storage_failed.borrow() {
+            // Once an fsync failed nothing more is ever reported synced: the kernel may have
+            // dropped the failed pages, so a later successful fsync proves nothing.
+            return Ok(());
+        }
+        let result = self.sync_inner().await;
+        if let Err(error) = &result {
+            let reason = format!("fsync failed: {error}");
+            self.log.lock().mark_failed(reason);
+            self.storage_failed.send_replace(true);
+        }
+        result
+    }
+
+    async fn sync_inner(&self) -> Result<(), LogError> {
         let target = self.log.lock().sync_target();
         if !target.is_needed(*self.synced_offset.borrow()) {
             return Ok(());
@@ -276,9 +367,9 @@ impl Partition {
                 _ = crate::server::stopped(&mut closed) => return,
             }
             if let Err(error) = self.sync_once().await {
-                tracing::error!(topic = %self.topic, partition = self.index, %error, "fsync failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                self.flush_wanted.notify_one();
+                if let Some(suppressed) = self.fsync_error_log.admit(crate::api::now_ms()) {
+                    tracing::error!(topic = %self.topic, partition = self.index, %error, suppressed, "fsync failed; the partition refuses appends (KAFKA_STORAGE_ERROR) until the broker restarts");
+                }
             }
         }
     }
@@ -297,9 +388,16 @@ impl Partition {
     pub fn flush(&self) -> Result<(), LogError> {
         let mut log = self.log.lock();
         log.flush()?;
-        let end = log.log_end_offset();
+        // The synced offset, not the log end: after a failed fsync they differ for good.
+        let end = log.synced_offset();
         drop(log);
-        self.synced_offset.send_replace(end);
+        self.synced_offset.send_if_modified(|synced| {
+            let moved = end > *synced;
+            if moved {
+                *synced = end;
+            }
+            moved
+        });
         Ok(())
     }
 
@@ -359,5 +457,56 @@ impl Partition {
                 std::fs::remove_dir_all(&dir).map_err(LogError::Io)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    fn partition(dir: &std::path::Path) -> Arc<Partition> {
+        let settings = TopicSettings::resolve(&BTreeMap::new(), &BrokerConfig::default());
+        let log = Log::open(&dir.join("t-0"), settings.log.clone()).unwrap();
+        let dir_sync = Arc::new(DataDirSync::open(dir).unwrap());
+        Partition::new(Arc::from("t"), 0, log, settings, dir_sync)
+    }
+
+    #[test]
+    fn error_log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let limiter = ErrorLogLimiter::default();
+        assert_eq!(limiter.admit(1_000), Some(0));
+        assert_eq!(limiter.admit(1_001), None);
+        assert_eq!(limiter.admit(1_000 + ERROR_LOG_INTERVAL_MS - 1), None);
+        assert_eq!(limiter.admit(1_000 + ERROR_LOG_INTERVAL_MS), Some(2));
+        assert_eq!(limiter.admit(1_000 + ERROR_LOG_INTERVAL_MS + 1), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_ends_acks_all_waits_with_failed_and_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition(dir.path());
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        assert_eq!(partition.wait_durable(0, far).await, SyncWait::Synced);
+        let soon = tokio::time::Instant::now() + Duration::from_millis(10);
+        assert_eq!(partition.wait_durable(1, soon).await, SyncWait::TimedOut);
+
+        let waiter = {
+            let partition = Arc::clone(&partition);
+            tokio::spawn(async move { partition.wait_durable(1, far).await })
+        };
+        tokio::task::yield_now().await;
+        // What `sync_once` does when the fsync fails.
+        partition.log.lock().mark_failed("fsync failed: test");
+        partition.storage_failed.send_replace(true);
+        assert_eq!(waiter.await.unwrap(), SyncWait::Failed);
+        assert_eq!(partition.wait_durable(1, far).await, SyncWait::Failed);
+        assert!(!partition.wait_synced(1, far).await);
+        // Later syncs never report anything synced again.
+        partition.sync_once().await.unwrap();
+        assert_eq!(*partition.synced_offset.borrow(), 0);
+        assert!(partition.log.lock().failure().is_some());
     }
 }

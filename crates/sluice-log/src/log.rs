@@ -162,6 +162,10 @@ pub struct Log {
     producer_state: ProducerStateManager,
     /// Log end offset covered by the newest producer snapshot written or loaded.
     producer_snapshot_offset: Option<i64>,
+    /// Why the log refuses appends until the broker restarts: a failed write could not be
+    /// cut back (the segment may end in a torn batch) or an fsync failed (the kernel may
+    /// have dropped unsynced pages). Reads keep working; recovery at the next open repairs it.
+    failed: Option<String>,
 }
 
 impl Log {
@@ -192,6 +196,7 @@ impl Log {
             log_start_offset: 0,
             producer_state: ProducerStateManager::new(),
             producer_snapshot_offset: None,
+            failed: None,
         };
         log.log_start_offset = read_log_start_offset(dir)?
             .unwrap_or(0)
@@ -245,6 +250,20 @@ impl Log {
     }
 
     /// Idempotent producers known to this partition (tests, metrics).
+    /// Why appends are refused (see [`Log::mark_failed`]), if they are.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Refuses every later append with `LogError::Io` (KAFKA_STORAGE_ERROR) instead of
+    /// risking a write after an unknown tail; used when an fsync fails. Only a restart (with
+    /// recovery) clears it. The first reason is kept.
+    pub fn mark_failed(&mut self, reason: impl Into<String>) {
+        if self.failed.is_none() {
+            self.failed = Some(reason.into());
+        }
+    }
+
     pub fn producer_state(&self) -> &ProducerStateManager {
         &self.producer_state
     }
@@ -348,6 +367,12 @@ impl Log {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        if let Some(reason) = &self.failed {
+            return Err(LogError::Io(std::io::Error::other(format!(
+                "log {} refuses appends until restart: {reason}",
+                self.dir.display()
+            ))));
+        }
         let mut header = validate_for_append(batch, self.config.max_batch_bytes)?;
         if header.producer_id >= 0 {
             if let Some(original) = self.producer_state.check(&header)? {
@@ -378,13 +403,20 @@ impl Log {
         header.base_offset = base_offset;
         header.partition_leader_epoch = leader_epoch;
         let index_interval_bytes = self.config.index_interval_bytes;
-        self.active_segment()?.append_parts(
-            &head_rewritten,
-            body,
-            &header,
-            index_interval_bytes,
-            now_ms,
-        )?;
+        let segment = self.active_segment()?;
+        if let Err(error) =
+            segment.append_parts(&head_rewritten, body, &header, index_interval_bytes, now_ms)
+        {
+            // The segment cut the partial write off; check that it really did, since a torn
+            // tail under the committed end would be overwritten fine but one the file length
+            // keeps would make a restart see garbage after acknowledged data.
+            if let Err(reason) = segment.ensure_committed_length() {
+                let reason = format!("a failed write ({error}) could not be cut back: {reason}");
+                tracing::error!(dir = %self.dir.display(), %reason, "log marked failed");
+                self.mark_failed(reason);
+            }
+            return Err(error);
+        }
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
         if header.producer_id >= 0 {
             self.producer_state.update(&header);
@@ -433,7 +465,10 @@ impl Log {
         }
         let base_offset = active.next_offset;
         let rolled = (active.next_offset, Arc::clone(&active.file));
-        let segment = Segment::create(&self.dir, base_offset)?;
+        let segment = Segment::create(&self.dir, base_offset).map_err(|error| {
+            Segment::remove_failed_create(&self.dir, base_offset);
+            roll_error(error)
+        })?;
         tracing::debug!(dir = %self.dir.display(), segment = base_offset, "rolled to a new segment");
         self.unsynced_rolled_segments.push(rolled);
         self.unsynced_directory_base_offset = Some(base_offset);
@@ -568,6 +603,11 @@ impl Log {
 
     /// Records that everything below `offset_end` is on disk (after `SyncTarget::sync`).
     pub fn mark_synced(&mut self, offset_end: i64) {
+        if self.failed.is_some() {
+            // After a failed fsync a later successful one proves nothing (the kernel may
+            // have dropped the pages): the recovery point stays, so a restart checks the tail.
+            return;
+        }
         let offset_end = offset_end.min(self.log_end_offset());
         if offset_end <= self.synced_offset {
             return;
@@ -638,7 +678,10 @@ impl Log {
         }
         let base_offset = active.next_offset;
         let rolled = (active.next_offset, Arc::clone(&active.file));
-        let segment = Segment::create(&self.dir, base_offset)?;
+        let segment = Segment::create(&self.dir, base_offset).map_err(|error| {
+            Segment::remove_failed_create(&self.dir, base_offset);
+            roll_error(error)
+        })?;
         tracing::debug!(dir = %self.dir.display(), segment = base_offset, "rolled to a new segment for retention");
         self.unsynced_rolled_segments.push(rolled);
         self.unsynced_directory_base_offset = Some(base_offset);
@@ -675,6 +718,18 @@ impl Log {
 }
 
 /// Lists segment base offsets in `dir`, sorted.
+/// Says that a segment roll failed (the log is unchanged and still appends to the old
+/// active segment once space returns).
+fn roll_error(error: LogError) -> LogError {
+    match error {
+        LogError::Io(io) => LogError::Io(std::io::Error::new(
+            io.kind(),
+            format!("could not roll to a new segment: {io}"),
+        )),
+        other => other,
+    }
+}
+
 fn segment_base_offsets(dir: &Path) -> Result<Vec<i64>, LogError> {
     let mut base_offsets = Vec::new();
     for entry in fs::read_dir(dir)? {

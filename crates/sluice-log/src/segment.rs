@@ -206,13 +206,57 @@ impl Segment {
             max: u32::MAX as usize,
         })?;
         if let Err(error) = write_all_vectored_at(&self.file, head, body, u64::from(position)) {
-            // Cut whatever part of the batch reached the file; the next append overwrites it anyway.
+            // Cut whatever part of the batch reached the file (the caller checks with
+            // `ensure_committed_length` that it worked); nothing in memory moved.
             let _ = self.file.set_len(u64::from(position));
-            return Err(error.into());
+            return Err(LogError::Io(std::io::Error::new(
+                error.kind(),
+                format!(
+                    "could not write {len} bytes to segment {}: {error}",
+                    self.base_offset
+                ),
+            )));
         }
         self.first_append_ms.get_or_insert(now_ms);
         self.track_batch(position, header, size_bytes, index_interval_bytes);
         Ok(())
+    }
+
+    /// Makes the file exactly `size_bytes` long again after a failed append (truncating
+    /// never needs free space, but the file system may still refuse, e.g. after EIO).
+    /// Returns why not when it is not.
+    pub fn ensure_committed_length(&self) -> Result<(), String> {
+        let committed = u64::from(self.size_bytes);
+        match self.file.metadata() {
+            Ok(metadata) if metadata.len() == committed => return Ok(()),
+            Ok(_) | Err(_) => {}
+        }
+        self.file
+            .set_len(committed)
+            .and_then(|()| self.file.metadata())
+            .map_err(|error| error.to_string())
+            .and_then(|metadata| {
+                if metadata.len() == committed {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "segment {} is {} bytes long, expected {committed}",
+                        self.base_offset,
+                        metadata.len()
+                    ))
+                }
+            })
+    }
+
+    /// Best-effort removal of the file a failed [`Segment::create`] may have left (empty,
+    /// so a restart would cope, but it must not linger as a stray segment).
+    pub fn remove_failed_create(dir: &Path, base_offset: i64) {
+        let path = dir.join(file_name(base_offset, LOG_SUFFIX));
+        if let Err(error) = fs::remove_file(&path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), %error, "could not remove a segment file whose creation failed");
+            }
+        }
     }
 
     /// Reads the header of the batch at `position`, never past the committed end.

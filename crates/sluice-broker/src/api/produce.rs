@@ -18,7 +18,7 @@ use kafka_protocol::ResponseError;
 use sluice_log::{BatchHeader, LogError};
 
 use super::{now_ms, ApiError, RequestContext};
-use crate::partition::Partition;
+use crate::partition::{Partition, SyncWait};
 use crate::server::Dispatched;
 
 /// Single-node ISR size: the leader alone.
@@ -120,11 +120,20 @@ pub fn handle(ctx: RequestContext, request: ProduceRequest) -> Result<Dispatched
         for (_, outcomes) in &mut topics {
             for outcome in outcomes.iter_mut() {
                 if let Some((partition, offset_end)) = outcome.durable_at.take() {
-                    if !partition.wait_synced(offset_end, deadline).await {
-                        outcome.response.error_code = ResponseError::RequestTimedOut.code();
-                        outcome.response.error_message = Some(StrBytes::from_static_str(
-                            "the batch was not on disk within the request timeout",
-                        ));
+                    match partition.wait_durable(offset_end, deadline).await {
+                        SyncWait::Synced => {}
+                        SyncWait::Failed => {
+                            outcome.response.error_code = ResponseError::KafkaStorageError.code();
+                            outcome.response.error_message = Some(StrBytes::from_static_str(
+                                "fsync failed: the batch may not be on disk",
+                            ));
+                        }
+                        SyncWait::TimedOut => {
+                            outcome.response.error_code = ResponseError::RequestTimedOut.code();
+                            outcome.response.error_message = Some(StrBytes::from_static_str(
+                                "the batch was not on disk within the request timeout",
+                            ));
+                        }
                     }
                 }
             }
@@ -182,7 +191,10 @@ fn append(
             }
         }
         Err(error) => {
-            tracing::info!(topic = %partition.topic, partition = index, %error, "produce rejected");
+            // Storage errors are logged (rate-limited) by the partition, not per request.
+            if !matches!(error, LogError::Io(_)) {
+                tracing::info!(topic = %partition.topic, partition = index, %error, "produce rejected");
+            }
             let mut outcome = error_outcome(index, log_error_code(&error), error.to_string());
             if let LogError::InvalidRecords {
                 message,

@@ -594,3 +594,119 @@ fn after_a_crash_only_what_follows_the_recovery_point_is_read() {
     assert_ne!(read_first_batch(&log, 2), stored[2].bytes);
     assert_every_offset_reads_back(&log, &stored[3..15]);
 }
+
+/// Swaps the active segment's file handle (to inject write failures: a read-only handle
+/// makes `pwritev` and `ftruncate` fail like a broken disk would).
+fn swap_active_file(log: &mut Log, file: File) -> Arc<File> {
+    let active = log.segments.last_mut().unwrap();
+    std::mem::replace(&mut active.file, Arc::new(file))
+}
+
+fn active_path(log: &Log) -> PathBuf {
+    let active = log.segments.last().unwrap();
+    log.dir()
+        .join(crate::segment::file_name(active.base_offset, "log"))
+}
+
+#[test]
+fn failed_write_leaves_the_log_unchanged_and_appends_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let first = append_stored(&mut log, &batch(3, 20, 100), 0);
+    let end = log.log_end_offset();
+    let path = active_path(&log);
+    let len_bytes = fs::metadata(&path).unwrap().len();
+    let writable = swap_active_file(&mut log, File::open(&path).unwrap());
+
+    let error = log.append(&mut batch(2, 10, 200), 0, 0).unwrap_err();
+    assert!(matches!(error, LogError::Io(_)), "{error:?}");
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.failure(), None);
+    assert_eq!(fs::metadata(&path).unwrap().len(), len_bytes);
+
+    log.segments.last_mut().unwrap().file = writable;
+    let second = append_stored(&mut log, &batch(2, 10, 200), 0);
+    assert_eq!(second.base_offset, end);
+    assert_every_offset_reads_back(&log, &[first.clone(), second.clone()]);
+    log.flush().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_every_offset_reads_back(&log, &[first, second]);
+}
+
+#[test]
+fn failed_write_that_cannot_be_cut_back_marks_the_log_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let first = append_stored(&mut log, &batch(3, 20, 100), 0);
+    let end = log.log_end_offset();
+    let path = active_path(&log);
+    // A torn tail the (read-only, so failing) handle can neither overwrite nor truncate.
+    let writable = swap_active_file(&mut log, File::open(&path).unwrap());
+    writable
+        .write_all_at(b"torn", fs::metadata(&path).unwrap().len())
+        .unwrap();
+
+    let error = log.append(&mut batch(2, 10, 200), 0, 0).unwrap_err();
+    assert!(matches!(error, LogError::Io(_)), "{error:?}");
+    assert!(log.failure().is_some());
+    assert_eq!(log.log_end_offset(), end);
+
+    // Even with a working handle again, a failed log refuses appends but still reads.
+    log.segments.last_mut().unwrap().file = writable;
+    let error = log.append(&mut batch(2, 10, 200), 0, 0).unwrap_err();
+    assert!(matches!(error, LogError::Io(_)), "{error:?}");
+    assert_eq!(log.log_end_offset(), end);
+    assert_every_offset_reads_back(&log, std::slice::from_ref(&first));
+
+    // A restart recovers: the torn tail is cut and appends continue at the old end.
+    drop(log);
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.failure(), None);
+    assert_eq!(log.log_end_offset(), end);
+    let second = append_stored(&mut log, &batch(2, 10, 200), 0);
+    assert_eq!(second.base_offset, end);
+    assert_every_offset_reads_back(&log, &[first, second]);
+}
+
+#[test]
+fn failed_roll_leaves_the_log_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(100, 4096)).unwrap();
+    let first = append_stored(&mut log, &batch(3, 40, 100), 0);
+    let end = log.log_end_offset();
+    // A directory where the next segment file must go makes its creation fail.
+    let blocker = dir.path().join(crate::segment::file_name(end, "log"));
+    fs::create_dir(&blocker).unwrap();
+
+    let error = log.append(&mut batch(2, 40, 200), 0, 0).unwrap_err();
+    assert!(matches!(error, LogError::Io(_)), "{error:?}");
+    assert!(error.to_string().contains("roll"), "{error}");
+    assert_eq!((log.log_end_offset(), log.segment_count()), (end, 1));
+    assert_eq!(log.failure(), None);
+
+    fs::remove_dir(&blocker).unwrap();
+    let second = append_stored(&mut log, &batch(2, 40, 200), 0);
+    assert_eq!((second.base_offset, log.segment_count()), (end, 2));
+    assert_every_offset_reads_back(&log, &[first, second]);
+}
+
+#[test]
+fn marked_failed_log_refuses_appends_with_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let first = append_stored(&mut log, &batch(1, 20, 100), 0);
+    log.mark_failed("fsync failed: test");
+    log.mark_failed("second reason is not kept");
+    assert_eq!(log.failure(), Some("fsync failed: test"));
+    let error = log.append(&mut batch(1, 20, 100), 0, 0).unwrap_err();
+    assert!(error.to_string().contains("fsync failed: test"), "{error}");
+    assert_every_offset_reads_back(&log, std::slice::from_ref(&first));
+    // Nothing is marked synced any more: the recovery point stays where it was.
+    let synced = log.synced_offset();
+    log.flush().unwrap();
+    assert_eq!(log.synced_offset(), synced);
+    drop(log);
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_every_offset_reads_back(&log, &[first]);
+}
