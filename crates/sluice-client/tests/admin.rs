@@ -1,5 +1,8 @@
 //! Every `Admin` call against the real broker, started in-process.
 
+mod common;
+
+use common::start_broker;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -13,18 +16,6 @@ use sluice_client::topics::describe_topic;
 use sluice_client::{Admin, BatchProducer, ClientError, ProducerConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn start_broker() -> (sluice_broker::RunningBroker, tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = sluice_broker::BrokerConfig::from_pairs(vec![
-        ("listeners".to_string(), "127.0.0.1:0".to_string()),
-        ("log.dirs".to_string(), dir.path().display().to_string()),
-    ])
-    .unwrap();
-    let broker = sluice_broker::start(config).await.unwrap();
-    let address = broker.local_addr.to_string();
-    (broker, dir, address)
-}
 
 /// Produces `count` records to `partition` of `topic` through the SDK's BatchProducer.
 async fn produce(bootstrap: &str, topic: &str, partition: i32, count: usize) {
@@ -64,7 +55,7 @@ fn config<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_lifecycle_create_list_describe_alter_grow_delete() {
-    let (_broker, _dir, bootstrap) = start_broker().await;
+    let (_broker, _dir, bootstrap) = start_broker(&[]).await;
     let mut admin = Admin::connect(&bootstrap, TIMEOUT).await.unwrap();
 
     // validate_only checks without creating.
@@ -288,7 +279,7 @@ async fn topic_lifecycle_create_list_describe_alter_grow_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_and_broker_configs() {
-    let (broker, _dir, bootstrap) = start_broker().await;
+    let (broker, _dir, bootstrap) = start_broker(&[]).await;
     let mut admin = Admin::connect(&bootstrap, TIMEOUT).await.unwrap();
     let cluster = admin.describe_cluster().await.unwrap();
     assert!(cluster
@@ -315,7 +306,7 @@ async fn cluster_and_broker_configs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_describe_delete_offsets_and_delete_group() {
-    let (_broker, _dir, bootstrap) = start_broker().await;
+    let (_broker, _dir, bootstrap) = start_broker(&[]).await;
     let mut admin = Admin::connect(&bootstrap, TIMEOUT).await.unwrap();
     admin
         .create_topic(NewTopic::new("events").with_partitions(2))
@@ -378,7 +369,7 @@ async fn groups_describe_delete_offsets_and_delete_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_records_moves_the_log_start() {
-    let (_broker, _dir, bootstrap) = start_broker().await;
+    let (_broker, _dir, bootstrap) = start_broker(&[]).await;
     let mut admin = Admin::connect(&bootstrap, TIMEOUT).await.unwrap();
     admin
         .create_topic(NewTopic::new("audit").with_partitions(1))

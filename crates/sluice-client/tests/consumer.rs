@@ -1,5 +1,7 @@
 //! The SDK consumer against the real broker, started in-process.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,19 +26,7 @@ async fn start_broker() -> (sluice_broker::RunningBroker, tempfile::TempDir, Str
         ))
         .with_test_writer()
         .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let pairs = vec![
-        ("listeners".to_string(), "127.0.0.1:0".to_string()),
-        ("log.dirs".to_string(), dir.path().display().to_string()),
-        (
-            "group.initial.rebalance.delay.ms".to_string(),
-            "0".to_string(),
-        ),
-    ];
-    let config = sluice_broker::BrokerConfig::from_pairs(pairs).unwrap();
-    let broker = sluice_broker::start(config).await.unwrap();
-    let address = broker.local_addr.to_string();
-    (broker, dir, address)
+    common::start_broker(&[("group.initial.rebalance.delay.ms", "0")]).await
 }
 
 fn options(group: Option<&str>) -> ConsumerOptions {

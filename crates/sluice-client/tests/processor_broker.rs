@@ -2,6 +2,9 @@
 //! with the low-level `BatchProducer`, read back with the `Fetcher`, fed to a `Processor`
 //! whose dead letters are written by a sink adapter that does a real Produce with headers.
 
+mod common;
+
+use common::start_broker;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,18 +28,6 @@ use sluice_client::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn start_broker() -> (sluice_broker::RunningBroker, tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = sluice_broker::BrokerConfig::from_pairs([
-        ("listeners".to_string(), "127.0.0.1:0".to_string()),
-        ("log.dirs".to_string(), dir.path().display().to_string()),
-    ])
-    .unwrap();
-    let broker = sluice_broker::start(config).await.unwrap();
-    let bootstrap = broker.local_addr.to_string();
-    (broker, dir, bootstrap)
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -236,7 +227,7 @@ fn original(i: usize) -> ProducerRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failing_records_reach_the_dlq_with_headers_the_rest_commit_and_replays_dedup() {
-    let (broker, _dir, bootstrap) = start_broker().await;
+    let (broker, _dir, bootstrap) = start_broker(&[]).await;
     ensure_topic(&bootstrap, "orders", 3, -1, TIMEOUT)
         .await
         .unwrap();
@@ -442,7 +433,7 @@ async fn failing_records_reach_the_dlq_with_headers_the_rest_commit_and_replays_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redb_dedup_reopened_from_its_file_suppresses_a_replayed_record() {
-    let (broker, dir, bootstrap) = start_broker().await;
+    let (broker, dir, bootstrap) = start_broker(&[]).await;
     ensure_topic(&bootstrap, "payments", 1, -1, TIMEOUT)
         .await
         .unwrap();
@@ -527,7 +518,7 @@ fn mix(mut z: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn per_key_order_holds_for_many_keys_under_random_delays() {
-    let (broker, _dir, bootstrap) = start_broker().await;
+    let (broker, _dir, bootstrap) = start_broker(&[]).await;
     ensure_topic(&bootstrap, "events", 4, -1, TIMEOUT)
         .await
         .unwrap();

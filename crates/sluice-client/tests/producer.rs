@@ -2,6 +2,9 @@
 //! partitioner, headers and timestamps, no loss and no duplicates under retries, oversized
 //! records and close.
 
+mod common;
+
+use common::start_broker;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,17 +20,6 @@ use sluice_client::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn start_broker(extra: &[(&str, &str)]) -> (sluice_broker::RunningBroker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut pairs = vec![
-        ("listeners".to_string(), "127.0.0.1:0".to_string()),
-        ("log.dirs".to_string(), dir.path().display().to_string()),
-    ];
-    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let config = sluice_broker::BrokerConfig::from_pairs(pairs).unwrap();
-    (sluice_broker::start(config).await.unwrap(), dir)
-}
 
 /// Creates `topic` with `partitions` and topic-level `configs`.
 async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
@@ -101,7 +93,7 @@ fn options() -> ProducerOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_records_land_on_murmur2_partitions_in_order_with_headers_and_timestamps() {
-    let (broker, _dir) = start_broker(&[]).await;
+    let (broker, _dir, _) = start_broker(&[]).await;
     let bootstrap = broker.local_addr.to_string();
     for (topic, compression) in [
         ("keyed-none", Compression::None),
@@ -180,7 +172,7 @@ async fn keyed_records_land_on_murmur2_partitions_in_order_with_headers_and_time
 async fn no_loss_and_no_duplicates_when_produce_responses_are_dropped() {
     // The broker appends every batch but drops every 3rd Produce response: the client
     // times out, reconnects and retries batches the broker already has.
-    let (broker, _dir) = start_broker(&[("test.fault.produce.response.drop.every", "3")]).await;
+    let (broker, _dir, _) = start_broker(&[("test.fault.produce.response.drop.every", "3")]).await;
     let bootstrap = broker.local_addr.to_string();
     let topic = "retried";
     create_topic(&bootstrap, topic, 3, &[]).await;
@@ -237,7 +229,7 @@ async fn no_loss_and_no_duplicates_when_produce_responses_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_max_message_bytes_fails_alone_with_message_too_large() {
-    let (broker, _dir) = start_broker(&[]).await;
+    let (broker, _dir, _) = start_broker(&[]).await;
     let bootstrap = broker.local_addr.to_string();
     let topic = "small-messages";
     create_topic(&bootstrap, topic, 1, &[("max.message.bytes", "2000")]).await;
@@ -294,7 +286,7 @@ async fn a_record_over_max_message_bytes_fails_alone_with_message_too_large() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_flush_auto_creation_and_close() {
-    let (broker, _dir) = start_broker(&[
+    let (broker, _dir, _) = start_broker(&[
         ("auto.create.topics.enable", "true"),
         ("num.partitions", "3"),
     ])
@@ -375,7 +367,7 @@ async fn unreachable_broker_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_records_stick_to_one_partition_per_batch() {
-    let (broker, _dir) = start_broker(&[]).await;
+    let (broker, _dir, _) = start_broker(&[]).await;
     let bootstrap = broker.local_addr.to_string();
     create_topic(&bootstrap, "sticky", 4, &[]).await;
     let producer = Producer::connect(
@@ -418,7 +410,7 @@ async fn keyless_records_stick_to_one_partition_per_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_blocks_send_until_max_block_ms() {
-    let (broker, _dir) = start_broker(&[]).await;
+    let (broker, _dir, _) = start_broker(&[]).await;
     let bootstrap = broker.local_addr.to_string();
     create_topic(&bootstrap, "pressure", 1, &[]).await;
     let producer = Producer::connect(
@@ -466,7 +458,7 @@ async fn a_full_buffer_blocks_send_until_max_block_ms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_one_and_zero_deliver_without_idempotence() {
-    let (broker, _dir) = start_broker(&[]).await;
+    let (broker, _dir, _) = start_broker(&[]).await;
     let bootstrap = broker.local_addr.to_string();
     create_topic(&bootstrap, "acks", 2, &[]).await;
     for acks in [1i16, 0] {
@@ -507,7 +499,7 @@ async fn acks_one_and_zero_deliver_without_idempotence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_fail_with_a_timeout_once_delivery_timeout_passes_without_a_broker() {
-    let (broker, _dir) = start_broker(&[]).await;
+    let (broker, _dir, _) = start_broker(&[]).await;
     let bootstrap = broker.local_addr.to_string();
     create_topic(&bootstrap, "gone", 1, &[]).await;
     let producer = Producer::connect(
@@ -547,7 +539,7 @@ async fn records_fail_with_a_timeout_once_delivery_timeout_passes_without_a_brok
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_returns_only_after_every_callback_ran() {
-    let (broker, _dir) = start_broker(&[("num.partitions", "4")]).await;
+    let (broker, _dir, _) = start_broker(&[("num.partitions", "4")]).await;
     let bootstrap = broker.local_addr.to_string();
     let producer = Producer::connect(
         &bootstrap,
