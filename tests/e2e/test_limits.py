@@ -314,3 +314,61 @@ def test_fetch_size_caps(make_broker):
         # consumer is never stuck.
         p = kw.fetch_v4(c, topic, 0, 0, max_wait_ms=0, max_bytes=10, partition_max_bytes=10)
         assert len(kw.decode_batches(p["records"])) == 2
+
+
+def produce_frame(topic, value, corr):
+    body = kw.produce_v3_body(topic, 0, kw.encode_batch([(b"k", value)]), acks=1)
+    return kw.frame(kw.request_header_v1(kw.API_PRODUCE, 3, corr) + body)
+
+
+def read_produce_response(c, corr):
+    r = kw.Reader(c.recv_frame())
+    assert r.i32() == corr
+    return kw.parse_produce_v3(r)["topics"][0]["partitions"][0]
+
+
+def test_queued_max_request_bytes_holds_back_requests_until_the_budget_frees(make_broker):
+    # Room for one 250 kB request at a time.
+    b = limits_broker(make_broker, {"queued.max.request.bytes": 300_000})
+    topic = unique_topic("budget")
+    create_topic(b.bootstrap, topic, partitions=1)
+    first = produce_frame(topic, b"a" * 250_000, 1)
+    second = produce_frame(topic, b"b" * 250_000, 1)
+    slow, fast = b.conn(), b.conn()
+    # `slow` announces its request and sends half of it: its size is taken from the budget.
+    slow.send_raw(first[: len(first) // 2])
+    time.sleep(0.3)  # let the broker read the size prefix before the second arrives
+    fast.send_raw(second)
+    wait_until(lambda: metric(b.metrics_port, "sluice_request_budget_waits_total") >= 1,
+               what="the second request to wait for the budget")
+    # While the first holds the budget the second is not answered.
+    fast.sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        fast.sock.recv(1)
+    fast.sock.setblocking(True)
+    fast.sock.settimeout(15)
+    slow.send_raw(first[len(first) // 2:])
+    assert read_produce_response(slow, 1)["error_code"] == 0
+    assert read_produce_response(fast, 1)["error_code"] == 0
+    # A request larger than the whole budget is served alone, not refused.
+    with b.conn() as c:
+        c.send_raw(produce_frame(topic, b"c" * 400_000, 7))
+        assert read_produce_response(c, 7)["error_code"] == 0
+    slow.close()
+    fast.close()
+    healthy(b, topic)
+
+
+def test_max_connection_creation_rate_spaces_accepts_and_refuses_none(make_broker):
+    b = limits_broker(make_broker, {"max.connection.creation.rate": 5})
+    conns = []
+    for _ in range(12):
+        c = b.conn()
+        conns.append(c)
+        assert works(c), "a throttled connection is accepted late, never refused"
+    assert metric(b.metrics_port, "sluice_connection_creation_throttles_total") >= 1
+    assert metric(b.metrics_port, "sluice_connections_rejected_total",
+                  reason="max_connections") == 0
+    for c in conns:
+        c.close()
+    b.assert_alive()

@@ -336,6 +336,20 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "Client connections open at once from one IP address (unlimited by default, like Kafka); a connection over the limit is accepted and closed at once.",
     },
     SettingDef {
+        name: "max.connection.creation.rate",
+        aliases: &[],
+        default: "2147483647",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "New connections accepted per second on the listener (unlimited by default, like Kafka); above it the listener waits before the next accept, so a reconnect storm is spread out instead of refused.",
+    },
+    SettingDef {
+        name: "queued.max.request.bytes",
+        aliases: &[],
+        default: "536870912",
+        kind: SettingKind::Int { min: -1, max: i64::MAX },
+        doc: "Bytes of requests read and being dispatched at once, over all connections (-1 or 0: unlimited, Kafka's default). A connection whose next request does not fit waits before reading its body, so many large produce requests at once cannot exhaust memory. A single request larger than the limit waits for the whole budget.",
+    },
+    SettingDef {
         name: "max.connections.per.ip.overrides",
         aliases: &[],
         default: "",
@@ -859,6 +873,17 @@ impl BrokerConfig {
     pub fn max_connections_per_ip_overrides(&self) -> Vec<(std::net::IpAddr, usize)> {
         parse_host_counts(self.value("max.connections.per.ip.overrides").unwrap_or(""))
             .unwrap_or_default()
+    }
+
+    /// `max.connection.creation.rate`: accepts per second.
+    pub fn max_connection_creation_rate(&self) -> u32 {
+        u32::try_from(self.int("max.connection.creation.rate")).unwrap_or(u32::MAX)
+    }
+
+    /// `queued.max.request.bytes`, `None` when unlimited (-1 or 0).
+    pub fn queued_max_request_bytes(&self) -> Option<usize> {
+        let bytes = self.int("queued.max.request.bytes");
+        (bytes > 0).then(|| usize::try_from(bytes).unwrap_or(usize::MAX))
     }
 
     pub fn connections_max_idle_ms(&self) -> u64 {

@@ -191,6 +191,8 @@ pub struct BrokerMetrics {
     /// Times a connection's reader paused because its unwritten responses exceeded
     /// `connection.max.inflight.response.bytes`.
     connection_read_pauses: AtomicU64,
+    pub(crate) request_budget_waits: AtomicU64,
+    connection_creation_throttles: AtomicU64,
 }
 
 /// Why a connection was refused at accept.
@@ -212,6 +214,8 @@ impl Default for BrokerMetrics {
             connections_rejected_per_ip: AtomicU64::new(0),
             connections_idle_closed: AtomicU64::new(0),
             connection_read_pauses: AtomicU64::new(0),
+            request_budget_waits: AtomicU64::new(0),
+            connection_creation_throttles: AtomicU64::new(0),
         }
     }
 }
@@ -256,6 +260,17 @@ impl BrokerMetrics {
     /// Counts a reader pause for back-pressure.
     pub fn connection_read_paused(&self) {
         self.connection_read_pauses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request that waited for `queued.max.request.bytes`.
+    pub fn request_budget_waited(&self) {
+        self.request_budget_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a wait of the listener for `max.connection.creation.rate`.
+    pub fn connection_creation_throttled(&self) {
+        self.connection_creation_throttles
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a dispatched request and observes its latency from `started` (when its
@@ -451,6 +466,21 @@ fn render_connection_limits(out: &mut String, metrics: &BrokerMetrics) {
         &[],
         pauses as f64,
     );
+    for (name, help, counter) in [
+        (
+            "sluice_request_budget_waits_total",
+            "Requests that waited before their body was read because queued.max.request.bytes was in use by other requests.",
+            &metrics.request_budget_waits,
+        ),
+        (
+            "sluice_connection_creation_throttles_total",
+            "Times the listener waited before accepting because of max.connection.creation.rate.",
+            &metrics.connection_creation_throttles,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        sample(out, name, &[], counter.load(Ordering::Relaxed) as f64);
+    }
 }
 
 fn render_traffic(out: &mut String, broker: &Broker) {

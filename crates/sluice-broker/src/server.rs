@@ -21,6 +21,11 @@
 //!   `queued.max.requests` bounds how many requests are dispatched but not answered.
 //! - `socket.request.max.bytes`: larger size prefixes close the connection; a request's
 //!   buffer grows with the bytes that actually arrive, so a lying prefix costs nothing.
+//! - `queued.max.request.bytes`: request bytes read and being dispatched, over all
+//!   connections. A request takes its size from this budget before its body is read and
+//!   gives it back once dispatched, so memory held by requests is bounded broker-wide.
+//! - `max.connection.creation.rate`: accepts per second; above it the listener waits
+//!   before accepting more (as Kafka's connection throttling does) instead of refusing.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,7 +40,7 @@ use kafka_protocol::protocol::Decodable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiError};
 use crate::broker::Broker;
@@ -197,6 +202,88 @@ impl ConnectionLimits {
     }
 }
 
+/// `queued.max.request.bytes`: a byte budget shared by every connection of a listener.
+#[derive(Debug, Clone)]
+struct RequestBudget {
+    /// `None`: unlimited.
+    bytes: Option<Arc<Semaphore>>,
+    max_bytes: u32,
+}
+
+impl RequestBudget {
+    fn new(max_bytes: Option<usize>) -> RequestBudget {
+        // A request is at most i32::MAX bytes, so a budget above u32::MAX is no limit.
+        match max_bytes.map(u32::try_from) {
+            Some(Ok(max_bytes)) => RequestBudget {
+                bytes: Some(Arc::new(Semaphore::new(max_bytes as usize))),
+                max_bytes,
+            },
+            _ => RequestBudget {
+                bytes: None,
+                max_bytes: u32::MAX,
+            },
+        }
+    }
+
+    /// Takes `size` bytes (at most the whole budget, so one large request can always
+    /// proceed alone); waits while other requests hold them. `None` when unlimited.
+    async fn take(
+        &self,
+        size: usize,
+        metrics: &crate::metrics::BrokerMetrics,
+    ) -> Option<OwnedSemaphorePermit> {
+        let bytes = self.bytes.as_ref()?;
+        let wanted = u32::try_from(size).unwrap_or(u32::MAX).min(self.max_bytes);
+        if let Ok(permit) = Arc::clone(bytes).try_acquire_many_owned(wanted) {
+            return Some(permit);
+        }
+        metrics.request_budget_waited();
+        // The semaphore is never closed, so this only fails if it were; then run unlimited.
+        Arc::clone(bytes).acquire_many_owned(wanted).await.ok()
+    }
+}
+
+/// `max.connection.creation.rate`: a token bucket holding up to one second of accepts.
+#[derive(Debug)]
+struct AcceptRate {
+    per_second: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl AcceptRate {
+    fn new(per_second: u32, now: Instant) -> AcceptRate {
+        let per_second = f64::from(per_second.max(1));
+        AcceptRate {
+            per_second,
+            tokens: per_second,
+            refilled: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.refilled = now;
+    }
+
+    /// How long to wait before the next accept (zero when a token is there).
+    fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.per_second)
+        }
+    }
+
+    /// Spends a token for an accepted connection.
+    fn accepted(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens -= 1.0;
+    }
+}
+
 /// Logs refused connections at most once per [`REJECT_LOG_INTERVAL`], with how many were
 /// refused since the last line, so a flood of connections cannot flood the log.
 #[derive(Debug, Default)]
@@ -240,12 +327,25 @@ pub async fn run_listener(
 ) {
     let mut connections = tokio::task::JoinSet::new();
     let mut stop = shutdown.clone();
-    let limits = Arc::new(ConnectionLimits::new(&broker.config()));
+    let config = broker.config();
+    let limits = Arc::new(ConnectionLimits::new(&config));
+    let budget = RequestBudget::new(config.queued_max_request_bytes());
+    let mut accept_rate = AcceptRate::new(config.max_connection_creation_rate(), Instant::now());
+    drop(config);
     let mut reject_log = RejectLog::default();
     loop {
+        let throttle = accept_rate.wait(Instant::now());
+        if !throttle.is_zero() {
+            broker.metrics.connection_creation_throttled();
+            tokio::select! {
+                () = tokio::time::sleep(throttle) => {}
+                _ = crate::server::stopped(&mut stop) => break,
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    accept_rate.accepted(Instant::now());
                     let slot = match limits.admit(peer.ip()) {
                         Ok(slot) => slot,
                         Err(reason) => {
@@ -257,8 +357,9 @@ pub async fn run_listener(
                     };
                     let broker = Arc::clone(&broker);
                     let shutdown = shutdown.clone();
+                    let budget = budget.clone();
                     connections.spawn(async move {
-                        serve_connection(stream, peer, broker, shutdown).await;
+                        serve_connection(stream, peer, broker, shutdown, budget).await;
                         drop(slot);
                     });
                 }
@@ -387,6 +488,7 @@ async fn serve_connection(
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    budget: RequestBudget,
 ) {
     let _ = stream.set_nodelay(true);
     let _open = broker.metrics.connection_opened();
@@ -406,7 +508,7 @@ async fn serve_connection(
     ));
     // The watchdog runs while reading and while the writer drains what is pending.
     let mut closed_idle = tokio::select! {
-        () = read_requests(read_half, peer, &broker, tx, shutdown, &state) => false,
+        () = read_requests(read_half, peer, &broker, tx, shutdown, &state, &budget) => false,
         () = state.until_idle(idle) => true,
     };
     if !closed_idle {
@@ -442,6 +544,7 @@ async fn read_requests(
     tx: mpsc::Sender<Pending>,
     mut shutdown: watch::Receiver<bool>,
     state: &ConnectionState,
+    budget: &RequestBudget,
 ) {
     let config = broker.config();
     let frame_bytes_max = config.socket_request_max_bytes();
@@ -461,15 +564,17 @@ async fn read_requests(
             }
         }
         let frame = tokio::select! {
-            frame = read_frame(&mut reader, frame_bytes_max) => frame,
+            frame = read_frame(&mut reader, frame_bytes_max, budget, &broker.metrics, state) => frame,
             _ = crate::server::stopped(&mut shutdown) => Err(CloseReason::Shutdown),
         };
         // Dispatching can wait (a partition lock, a coordinator): that is not idleness.
         let busy = state.busy();
-        let is_produce = matches!(&frame, Ok(frame) if frame.len() >= 2
+        let is_produce = matches!(&frame, Ok((frame, _)) if frame.len() >= 2
             && i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Produce as i16);
         let outcome = match frame {
-            Ok(frame) => dispatch_frame(broker, frame, peer).await,
+            // The budget is held until the request is dispatched: by then its bytes are
+            // appended (Produce) or decoded into what the response needs.
+            Ok((frame, _budget)) => dispatch_frame(broker, frame, peer).await,
             Err(reason) => Err(reason),
         };
         let outcome = match outcome {
@@ -514,10 +619,14 @@ async fn read_requests(
     }
 }
 
+/// Reads one request frame, taking its size from `budget` before the body is read.
 async fn read_frame(
     reader: &mut OwnedReadHalf,
     frame_bytes_max: usize,
-) -> Result<BytesMut, CloseReason> {
+    budget: &RequestBudget,
+    metrics: &crate::metrics::BrokerMetrics,
+    state: &ConnectionState,
+) -> Result<(BytesMut, Option<OwnedSemaphorePermit>), CloseReason> {
     let mut size_bytes = [0u8; 4];
     match reader.read_exact(&mut size_bytes).await {
         Ok(_) => {}
@@ -538,6 +647,11 @@ async fn read_frame(
             "request size {size} exceeds socket.request.max.bytes {frame_bytes_max}"
         )));
     }
+    let permit = {
+        // Waiting for the budget is not idleness: the client has a request on its way.
+        let _busy = state.busy();
+        budget.take(size, metrics).await
+    };
     // Grow the buffer as bytes arrive instead of trusting the prefix: a client that
     // announces 100 MiB and sends nothing costs [`FRAME_BUFFER_BYTES_INITIAL`].
     let mut frame = BytesMut::with_capacity(size.min(FRAME_BUFFER_BYTES_INITIAL));
@@ -557,7 +671,7 @@ async fn read_frame(
             Err(e) => return Err(CloseReason::Fatal(format!("read failed: {e}"))),
         }
     }
-    Ok(frame)
+    Ok((frame, permit))
 }
 
 /// Initial buffer of a request frame; it doubles as bytes arrive, up to the frame size.
@@ -818,6 +932,63 @@ mod tests {
     }
 
     #[test]
+    fn accept_rate_allows_a_second_of_burst_then_spaces_accepts() {
+        let start = Instant::now();
+        let mut rate = AcceptRate::new(4, start);
+        for _ in 0..4 {
+            assert_eq!(rate.wait(start), Duration::ZERO);
+            rate.accepted(start);
+        }
+        // The bucket is empty: the fifth accept waits a quarter of a second.
+        let wait = rate.wait(start);
+        assert!(
+            wait > Duration::from_millis(240) && wait <= Duration::from_millis(250),
+            "{wait:?}"
+        );
+        let later = start + Duration::from_millis(250);
+        assert_eq!(rate.wait(later), Duration::ZERO);
+        rate.accepted(later);
+        assert!(rate.wait(later) > Duration::ZERO);
+        // A long pause refills at most one second's worth.
+        let much_later = later + Duration::from_secs(60);
+        for _ in 0..4 {
+            assert_eq!(rate.wait(much_later), Duration::ZERO);
+            rate.accepted(much_later);
+        }
+        assert!(rate.wait(much_later) > Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn request_budget_makes_later_requests_wait_and_never_blocks_a_lone_large_one() {
+        let metrics = crate::metrics::BrokerMetrics::default();
+        let budget = RequestBudget::new(Some(1000));
+        let first = budget.take(600, &metrics).await;
+        assert!(first.is_some());
+        // 600 + 600 > 1000: the second waits until the first is released.
+        let second = budget.take(600, &metrics);
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut second)
+                .await
+                .is_err(),
+            "second request must wait for the budget"
+        );
+        drop(first);
+        let second = second.await;
+        assert!(second.is_some());
+        assert_eq!(metrics.request_budget_waits.load(Ordering::Relaxed), 1);
+        drop(second);
+        // Larger than the whole budget: takes all of it instead of waiting forever.
+        let huge = budget.take(1 << 20, &metrics).await;
+        assert!(huge.is_some());
+        // Unlimited: no permit, no wait.
+        assert!(RequestBudget::new(None)
+            .take(1 << 30, &metrics)
+            .await
+            .is_none());
+    }
+
+    #[test]
     fn reject_log_counts_what_it_did_not_log() {
         let peer: SocketAddr = "10.0.0.1:5555".parse().unwrap();
         let mut log = RejectLog::default();
@@ -914,10 +1085,15 @@ mod tests {
         });
         let (stream, _) = listener.accept().await.unwrap();
         let (mut reader, _writer) = stream.into_split();
-        let frame = read_frame(&mut reader, 100 << 20).await.unwrap();
+        let metrics = crate::metrics::BrokerMetrics::default();
+        let state = ConnectionState::new();
+        let budget = RequestBudget::new(None);
+        let (frame, _) = read_frame(&mut reader, 100 << 20, &budget, &metrics, &state)
+            .await
+            .unwrap();
         assert_eq!(&frame[..], &body[..]);
         client.await.unwrap();
-        match read_frame(&mut reader, 100 << 20).await {
+        match read_frame(&mut reader, 100 << 20, &budget, &metrics, &state).await {
             Err(CloseReason::Fatal(reason)) => assert!(reason.contains("inside a"), "{reason}"),
             other => panic!("expected a fatal close, got {other:?}"),
         }
