@@ -100,6 +100,10 @@ def fetch_all(conn, topic):
             return out, high_watermark
 
 
+def temp_files(data_dir):
+    return sorted(str(p) for p in data_dir.rglob("*.tmp"))
+
+
 def test_disk_full_storage_error_then_recovery(small_fs):
     broker = Broker(small_fs / "data", settings={"log.segment.bytes": 1 << 20})
     filler = small_fs / "filler"
@@ -127,6 +131,8 @@ def test_disk_full_storage_error_then_recovery(small_fs):
                 codes.append(produce(c, topic, big)["error_code"])
             assert codes == [KAFKA_STORAGE_ERROR] * 5, codes
             broker.assert_alive()
+            # Checkpoint, index and snapshot writes that failed removed their temp files.
+            assert temp_files(small_fs / "data") == []
 
             # Reads of existing data keep working, byte-exact, and the end did not move.
             got, high_watermark = fetch_all(c, topic)
@@ -159,6 +165,7 @@ def test_disk_full_storage_error_then_recovery(small_fs):
             got, high_watermark = fetch_all(c, topic)
         assert high_watermark == acked[-1][0] + 1
         assert got == acked
+        assert temp_files(small_fs / "data") == []
     finally:
         broker.cleanup()
         if filler.exists():

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -83,6 +82,20 @@ impl MetadataStore {
     pub fn open(data_dir: &Path, node_id: i32) -> Result<MetadataStore, MetadataError> {
         let dir = data_dir.join(METADATA_DIR);
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        // Temporary files of writes a crash or a full disk interrupted (the real files
+        // are intact: the rename is the commit point).
+        for temp in [
+            data_dir.join(format!("{META_PROPERTIES}.tmp")),
+            dir.join(format!("{METADATA_FILE}.tmp")),
+        ] {
+            match fs::remove_file(&temp) {
+                Ok(()) => {
+                    tracing::warn!(path = %temp.display(), "removed a temporary file left by an interrupted write")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&temp)(e)),
+            }
+        }
         let cluster_id = load_or_create_meta_properties(data_dir, node_id)?;
         let path = dir.join(METADATA_FILE);
         let image = match fs::read(&path) {
@@ -206,18 +219,7 @@ impl MetadataStore {
 
 /// Writes `dir/name` so that a crash leaves either the old or the new content.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), MetadataError> {
-    let temp = dir.join(format!("{name}.tmp"));
-    let target = dir.join(name);
-    {
-        let mut file = fs::File::create(&temp).map_err(io_error(&temp))?;
-        file.write_all(bytes).map_err(io_error(&temp))?;
-        file.sync_all().map_err(io_error(&temp))?;
-    }
-    fs::rename(&temp, &target).map_err(io_error(&target))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))?;
-    Ok(())
+    sluice_log::write_atomically(dir, name, bytes).map_err(io_error(&dir.join(name)))
 }
 
 /// Kafka keeps `meta.properties` in every log directory: the cluster id and node id it
@@ -309,7 +311,18 @@ mod tests {
             store.remove_topic("b").unwrap();
             store.cluster_id().to_string()
         };
+        // Half-written temporary files of an interrupted write are ignored and removed.
+        let temps = [
+            dir.path().join("meta.properties.tmp"),
+            dir.path()
+                .join(METADATA_DIR)
+                .join(format!("{METADATA_FILE}.tmp")),
+        ];
+        for temp in &temps {
+            fs::write(temp, b"{\"half").unwrap();
+        }
         let store = MetadataStore::open(dir.path(), 1).unwrap();
+        assert!(temps.iter().all(|temp| !temp.exists()));
         assert_eq!(store.cluster_id(), cluster_id);
         assert_eq!(cluster_id.len(), 22);
         assert_eq!(store.topic("a").map(|t| t.partitions), Some(3));

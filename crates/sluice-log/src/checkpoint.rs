@@ -13,22 +13,34 @@ pub const RECOVERY_POINT_FILE: &str = "recovery-point";
 /// when the start sits inside the first segment (DeleteRecords); otherwise the first
 /// segment's base offset is the start.
 pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
-const TEMP_SUFFIX: &str = ".tmp";
+/// Extension of the temporary file [`write_atomically`] renames into place.
+pub const TEMP_EXTENSION: &str = "tmp";
 
 /// Replaces `dir/name` with `bytes` atomically: write `name.tmp`, fsync, rename, fsync `dir`.
-pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
-    let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let mut temp = OpenOptions::new()
+/// A crash leaves the old or the new content. A failed write (a full disk) removes its
+/// temporary file again, so failures do not pile up files; one left by a crash is removed
+/// when the log is next opened.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let temp_path = dir.join(format!("{name}.{TEMP_EXTENSION}"));
+    let written = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&temp_path)?;
-    temp.write_all(bytes)?;
-    temp.sync_all()?;
-    drop(temp);
-    fs::rename(&temp_path, dir.join(name))?;
-    sync_dir(dir)?;
-    Ok(())
+        .open(&temp_path)
+        .and_then(|mut temp| {
+            temp.write_all(bytes)?;
+            temp.sync_all()
+        });
+    if let Err(error) = written {
+        // Best effort: the write failed already, and this is what it reports.
+        let _ = fs::remove_file(&temp_path);
+        return Err(error);
+    }
+    if let Err(error) = fs::rename(&temp_path, dir.join(name)) {
+        let _ = fs::remove_file(&temp_path);
+        return Err(error);
+    }
+    File::open(dir)?.sync_all()
 }
 
 /// fsyncs a directory so that file creations, renames and deletions in it are durable.
@@ -64,7 +76,8 @@ pub fn write_recovery_point(dir: &Path, recovery_point: i64) -> Result<(), LogEr
         dir,
         RECOVERY_POINT_FILE,
         format!("{recovery_point}\n").as_bytes(),
-    )
+    )?;
+    Ok(())
 }
 
 /// Reads the log start offset checkpoint; missing or malformed means "none" (the caller
@@ -92,7 +105,8 @@ pub fn write_log_start_offset(dir: &Path, log_start_offset: i64) -> Result<(), L
         dir,
         LOG_START_OFFSET_FILE,
         format!("{log_start_offset}\n").as_bytes(),
-    )
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -110,6 +124,20 @@ mod tests {
         assert_eq!(read_log_start_offset(dir.path()).unwrap(), None);
         fs::write(dir.path().join(LOG_START_OFFSET_FILE), b"-3\n").unwrap();
         assert_eq!(read_log_start_offset(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn failed_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: the target is a non-empty directory.
+        fs::create_dir(dir.path().join("target")).unwrap();
+        fs::write(dir.path().join("target").join("inside"), b"x").unwrap();
+        assert!(write_atomically(dir.path(), "target", b"new").is_err());
+        assert!(!dir.path().join("target.tmp").exists());
+        // The write fails: the temporary name is taken by a directory.
+        fs::create_dir(dir.path().join("other.tmp")).unwrap();
+        assert!(write_atomically(dir.path(), "other", b"new").is_err());
+        assert!(!dir.path().join("other").exists());
     }
 
     #[test]

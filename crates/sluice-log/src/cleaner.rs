@@ -156,7 +156,8 @@ pub fn write_cleaner_checkpoint(dir: &Path, offset: i64) -> Result<(), LogError>
         dir,
         CLEANER_CHECKPOINT_FILE,
         format!("{offset}\n").as_bytes(),
-    )
+    )?;
+    Ok(())
 }
 
 /// Path of the cleaned copy of segment `base_offset`.
@@ -164,20 +165,24 @@ pub fn cleaned_path(dir: &Path, base_offset: i64) -> PathBuf {
     dir.join(file_name(base_offset, CLEANED_SUFFIX))
 }
 
-/// Removes `.cleaned` files a crash left behind (the `.log` they would have replaced is
-/// intact: the rename is the commit point). Returns how many were removed.
+/// Removes what an interrupted write left behind: `.cleaned` segments of a clean and
+/// `.tmp` files of [`write_atomically`] (a crash, or a full disk that failed the write).
+/// The files they would have replaced are intact: the rename is the commit point.
+/// Returns how many were removed.
 pub fn remove_cleaner_leftovers(dir: &Path) -> Result<usize, LogError> {
     let mut removed = 0;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path
-            .extension()
-            .is_some_and(|extension| extension == CLEANED_SUFFIX)
-        {
-            tracing::warn!(path = %path.display(), "removing a cleaned segment left by an interrupted clean");
-            fs::remove_file(&path)?;
-            removed += 1;
-        }
+        let what = match path.extension().and_then(|extension| extension.to_str()) {
+            Some(CLEANED_SUFFIX) => "a cleaned segment left by an interrupted clean",
+            Some(crate::checkpoint::TEMP_EXTENSION) => {
+                "a temporary file left by an interrupted write"
+            }
+            _ => continue,
+        };
+        tracing::warn!(path = %path.display(), "removing {what}");
+        fs::remove_file(&path)?;
+        removed += 1;
     }
     if removed > 0 {
         sync_dir(dir)?;

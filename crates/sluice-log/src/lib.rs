@@ -28,7 +28,7 @@ mod time_index;
 pub mod testing;
 
 pub use batch::{rewrite_header, validate_for_append, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
-pub use checkpoint::{LOG_START_OFFSET_FILE, RECOVERY_POINT_FILE};
+pub use checkpoint::{write_atomically, LOG_START_OFFSET_FILE, RECOVERY_POINT_FILE};
 pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};

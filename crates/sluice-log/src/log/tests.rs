@@ -406,6 +406,34 @@ fn reopen_after_clean_flush_does_not_scan_below_the_recovery_point() {
 }
 
 #[test]
+fn reopen_removes_temporary_files_of_interrupted_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    let stored: Vec<StoredBatch> = (0..5)
+        .map(|i| append_stored(&mut log, &batch(2, 30, i), 0))
+        .collect();
+    log.flush().unwrap();
+    drop(log);
+    // What a crash (or a full disk) in the middle of checkpoint and index writes leaves.
+    for name in [
+        "recovery-point.tmp",
+        "00000000000000000000.index.tmp",
+        "00000000000000000010.snapshot.tmp",
+    ] {
+        fs::write(dir.path().join(name), b"half-writ").unwrap();
+    }
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(log.recovery_point(), 10);
+    assert_every_offset_reads_back(&log, &stored);
+}
+
+#[test]
 fn reopen_without_flush_scans_and_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), config(2_000, 100)).unwrap();
