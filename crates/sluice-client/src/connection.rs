@@ -57,6 +57,18 @@ pub enum ClientError {
     CommitFailed(String),
 }
 
+/// The client id of connections opened without one (the command line's).
+pub const DEFAULT_CLIENT_ID: &str = "sluice-cli";
+
+/// What a negotiated [`Connection`] hands to a pipelined one.
+pub struct ConnectionParts {
+    pub address: String,
+    pub stream: TcpStream,
+    pub client_id: StrBytes,
+    /// The broker's (min, max) version per API key.
+    pub broker_versions: HashMap<i16, (i16, i16)>,
+}
+
 /// A connection with negotiated API versions.
 pub struct Connection {
     address: String,
@@ -69,8 +81,18 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects and negotiates versions with ApiVersions.
+    /// Connects and negotiates versions with ApiVersions, as [`DEFAULT_CLIENT_ID`].
     pub async fn connect(address: &str, timeout: Duration) -> Result<Connection, ClientError> {
+        Connection::connect_as(address, timeout, DEFAULT_CLIENT_ID).await
+    }
+
+    /// Connects as `client_id`: the name the broker sees in every request header (its
+    /// logs, quotas and `group describe` show it).
+    pub async fn connect_as(
+        address: &str,
+        timeout: Duration,
+        client_id: &str,
+    ) -> Result<Connection, ClientError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
             .map_err(|_| ClientError::Timeout(timeout, format!("a connection to {address}")))?
@@ -83,7 +105,7 @@ impl Connection {
             address: address.to_string(),
             stream,
             correlation_id: 0,
-            client_id: StrBytes::from_static_str("sluice-cli"),
+            client_id: StrBytes::from_string(client_id.to_string()),
             timeout,
             broker_versions: HashMap::new(),
         };
@@ -97,8 +119,13 @@ impl Connection {
 
     /// The socket and the negotiated version ranges, for a
     /// [`crate::pipeline::PipelinedConnection`] that keeps several requests in flight.
-    pub fn into_parts(self) -> (String, TcpStream, HashMap<i16, (i16, i16)>) {
-        (self.address, self.stream, self.broker_versions)
+    pub fn into_parts(self) -> ConnectionParts {
+        ConnectionParts {
+            address: self.address,
+            stream: self.stream,
+            client_id: self.client_id,
+            broker_versions: self.broker_versions,
+        }
     }
 
     async fn negotiate(&mut self) -> Result<(), ClientError> {

@@ -17,7 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 
-use crate::connection::{negotiate_version, ClientError, Connection, RESPONSE_BYTES_MAX};
+use crate::connection::{
+    negotiate_version, ClientError, Connection, ConnectionParts, DEFAULT_CLIENT_ID,
+    RESPONSE_BYTES_MAX,
+};
 
 /// A request written to the socket whose response has not arrived yet.
 struct Waiting {
@@ -71,7 +74,17 @@ impl PipelinedConnection {
         timeout: Duration,
         max_in_flight: usize,
     ) -> Result<PipelinedConnection, ClientError> {
-        let connection = Connection::connect(address, timeout).await?;
+        Self::connect_as(address, timeout, max_in_flight, DEFAULT_CLIENT_ID).await
+    }
+
+    /// [`PipelinedConnection::connect`] as `client_id`.
+    pub async fn connect_as(
+        address: &str,
+        timeout: Duration,
+        max_in_flight: usize,
+        client_id: &str,
+    ) -> Result<PipelinedConnection, ClientError> {
+        let connection = Connection::connect_as(address, timeout, client_id).await?;
         Ok(PipelinedConnection::from_connection(
             connection,
             timeout,
@@ -85,7 +98,12 @@ impl PipelinedConnection {
         timeout: Duration,
         max_in_flight: usize,
     ) -> PipelinedConnection {
-        let (address, stream, broker_versions) = connection.into_parts();
+        let ConnectionParts {
+            address,
+            stream,
+            client_id,
+            broker_versions,
+        } = connection.into_parts();
         let (read_half, write_half) = stream.into_split();
         let (waiting, queue) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_responses(address.clone(), read_half, queue));
@@ -96,7 +114,7 @@ impl PipelinedConnection {
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             // The negotiating connection used small ids; start far from them.
             correlation_id: AtomicI32::new(1 << 20),
-            client_id: StrBytes::from_static_str("sluice-cli"),
+            client_id,
             timeout,
             broker_versions,
             reader,

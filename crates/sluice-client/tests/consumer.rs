@@ -255,6 +255,24 @@ async fn manual_commit_then_restart_resumes_from_the_committed_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_sees_the_configured_client_id() {
+    let (_broker, _dir, bootstrap) = start_broker().await;
+    produce(&bootstrap, "named", 1, 0, &values("n", 3)).await;
+    let mut named = options(Some("named-group"));
+    named.client_id = "billing-worker-7".to_string();
+    let mut consumer = Consumer::connect(&bootstrap, named).await.unwrap();
+    consumer.subscribe(&["named"]).await.unwrap();
+    poll_n(&mut consumer, 3).await;
+    let mut admin = sluice_client::Admin::connect(&bootstrap, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let group = admin.describe_group("named-group").await.unwrap();
+    let client_ids: Vec<&str> = group.members.iter().map(|m| m.client_id.as_str()).collect();
+    assert_eq!(client_ids, ["billing-worker-7"]);
+    consumer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_a_partition_until_resume() {
     let (_broker, _dir, bootstrap) = start_broker().await;
     produce(&bootstrap, "pausing", 2, 0, &values("p0", 4)).await;

@@ -388,7 +388,14 @@ impl Consumer {
                     // JoinGroup waits up to the rebalance timeout for the others.
                     let timeout = self.request_timeout()
                         + Duration::from_millis(u64::from(self.options.rebalance_timeout_ms));
-                    match PipelinedConnection::connect(&address, timeout, 4).await {
+                    match PipelinedConnection::connect_as(
+                        &address,
+                        timeout,
+                        4,
+                        &self.options.client_id,
+                    )
+                    .await
+                    {
                         Ok(connection) => {
                             tracing::debug!(group = %group_id, coordinator = %address, "found the coordinator");
                             let connection = Arc::new(connection);

@@ -247,7 +247,8 @@ impl Consumer {
             ));
         }
         let timeout = Duration::from_millis(u64::from(options.request_timeout_ms));
-        let metadata_connection = Connection::connect(bootstrap, timeout).await?;
+        let metadata_connection =
+            Connection::connect_as(bootstrap, timeout, &options.client_id).await?;
         let group = options
             .group_id
             .clone()
@@ -661,7 +662,9 @@ impl Consumer {
         // The response timeout must outlast the broker's long poll.
         let timeout = self.request_timeout()
             + Duration::from_millis(u64::from(self.options.fetch_max_wait_ms));
-        let connection = Arc::new(PipelinedConnection::connect(address, timeout, 4).await?);
+        let connection = Arc::new(
+            PipelinedConnection::connect_as(address, timeout, 4, &self.options.client_id).await?,
+        );
         self.connections
             .insert(address.to_string(), connection.clone());
         Ok(connection)
@@ -681,7 +684,12 @@ impl Consumer {
 
     async fn metadata_connection(&mut self) -> Result<&mut Connection, ClientError> {
         if self.metadata_connection.is_none() {
-            let connection = Connection::connect(&self.bootstrap, self.request_timeout()).await?;
+            let connection = Connection::connect_as(
+                &self.bootstrap,
+                self.request_timeout(),
+                &self.options.client_id,
+            )
+            .await?;
             self.metadata_connection = Some(connection);
         }
         self.metadata_connection

@@ -717,7 +717,13 @@ impl Inner {
             addresses.extend(self.lock().metadata.brokers.values().cloned());
             let mut last_error = None;
             for address in addresses {
-                match Connection::connect(&address, self.options.request_timeout()).await {
+                match Connection::connect_as(
+                    &address,
+                    self.options.request_timeout(),
+                    &self.options.client_id,
+                )
+                .await
+                {
                     Ok(connection) => {
                         *control = Some(connection);
                         break;
@@ -1336,10 +1342,11 @@ async fn broker_sender(
                     );
                     continue;
                 };
-                match PipelinedConnection::connect(
+                match PipelinedConnection::connect_as(
                     &address,
                     inner.options.request_timeout(),
                     inner.options.max_in_flight_per_connection,
+                    &inner.options.client_id,
                 )
                 .await
                 {
