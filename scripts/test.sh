@@ -23,6 +23,8 @@ if [[ -z "${SLUICE_SKIP_INSTALL:-}" ]]; then
   command -v kcat >/dev/null 2>&1 || need+=(kcat)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need+=(python3-venv); fi
+  # libfuse2 for tests/e2e/faultyfs.py (fusepy), the failing-fsync file system.
+  ls /usr/lib/*/libfuse.so.2 >/dev/null 2>&1 || need+=(libfuse2)
   if ((${#need[@]})); then
     log "apt-get install ${need[*]}"
     $SUDO apt-get update -qq

@@ -1,15 +1,28 @@
-"""Disk full: produce gets KAFKA_STORAGE_ERROR (56), the log is not torn, reads keep
-working, writing resumes when space returns, and a SIGKILL + restart finds exactly the
-acknowledged records.
+"""Disk full and I/O errors.
 
-Needs root and a loop device: the test builds a small ext4 image in its temp dir and
-loop-mounts it as the broker's data directory. Skipped (with the reason) otherwise.
+Disk full: produce gets KAFKA_STORAGE_ERROR (56), the log is not torn, reads keep
+working, writing resumes when space returns, and a SIGKILL + restart finds exactly the
+acknowledged records. Needs root and a loop device: the test builds a small ext4 image in
+its temp dir and loop-mounts it as the broker's data directory.
+
+A failing fsync: the data directory sits on `faultyfs.py`, a pass-through FUSE file
+system that makes fsync return EIO on demand (this kernel has no device-mapper, so
+`dm-flakey` is not available; FUSE is). An acks=all produce whose fsync fails gets
+KAFKA_STORAGE_ERROR, the partition refuses writes until a restart (the kernel may have
+dropped the unwritten pages: nothing after the last good fsync can be trusted), reads keep
+working, and a restart recovers every acknowledged record. Needs root, /dev/fuse and
+fusepy (in requirements.txt) with libfuse2.
+
+Each test is skipped (with the reason) where the machine cannot provide its file system.
 """
 
 import errno
 import os
 import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +183,94 @@ def test_disk_full_storage_error_then_recovery(small_fs):
         broker.cleanup()
         if filler.exists():
             filler.unlink()
+
+
+@pytest.fixture
+def faulty_fs(tmp_root):
+    """faultyfs.py mounted at tmp_root/mnt; yields (mount point, control dir)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a FUSE file system")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    try:
+        import fuse  # noqa: F401
+    except (ImportError, OSError, EnvironmentError) as e:
+        pytest.skip(f"fusepy or libfuse2 missing: {e}")
+    backing, mount_point, control = (tmp_root / n for n in ("backing", "mnt", "control"))
+    for d in (backing, mount_point, control):
+        d.mkdir()
+    log = open(tmp_root / "faultyfs.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("faultyfs.py")),
+         str(backing), str(mount_point), str(control)],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.ismount(mount_point):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.skip("faultyfs did not mount: "
+                            + (tmp_root / "faultyfs.log").read_text(errors="replace"))
+            time.sleep(0.05)
+        yield mount_point, control
+    finally:
+        if run(["umount", str(mount_point)]).returncode != 0:
+            run(["umount", "-l", str(mount_point)])
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_failed_fsync_answers_storage_error_and_restart_recovers_every_ack(faulty_fs):
+    mount_point, control = faulty_fs
+    broker = Broker(mount_point / "data")
+    try:
+        broker.start()
+        topic = unique_topic("fsync")
+        create_topic(broker.bootstrap, topic)
+        acked = []
+        with broker.conn() as c:
+            for b in range(10):
+                records = [record(b * 10 + i) for i in range(10)]
+                resp = produce(c, topic, records)
+                assert resp["error_code"] == 0, resp
+                acked += [(resp["base_offset"] + i, k, v) for i, (k, v) in enumerate(records)]
+
+            (control / "fail-fsync").touch()
+            # The fsync behind this acks=all produce fails: the producer learns it at
+            # once (not as a timeout, never as a success).
+            resp = produce(c, topic, [record(1000 + i) for i in range(10)])
+            assert resp["error_code"] == KAFKA_STORAGE_ERROR, resp
+            # The partition now refuses writes, whatever the acks, even once fsync works
+            # again: what follows the last good fsync is unknown until recovery.
+            (control / "fail-fsync").unlink()
+            resp = kw.produce_v3(c, topic, 0, kw.encode_batch([record(2000)]), acks=1)
+            assert resp["error_code"] == KAFKA_STORAGE_ERROR, resp
+            # Reads keep working: everything acknowledged is there, byte for byte.
+            got, _ = fetch_all(c, topic)
+            assert got[:len(acked)] == acked
+        broker.assert_alive()
+        log_text = broker.stderr_text()
+        assert "panicked" not in log_text
+        assert "fsync" in log_text.lower(), log_text
+
+        # A restart recovers: every acknowledged record once, in order; the batch whose
+        # fsync failed may or may not have survived (it was never acknowledged); writes
+        # work again.
+        broker.kill(signal.SIGKILL)
+        broker.start()
+        with broker.conn() as c:
+            kw.wait_for_topic(c, topic)
+            got, _ = fetch_all(c, topic)
+            assert got[:len(acked)] == acked
+            unacked = {record(1000 + i) for i in range(10)}
+            assert all((k, v) in unacked for _, k, v in got[len(acked):]), got[len(acked):]
+            resp = produce(c, topic, [record(3000)])
+            assert resp["error_code"] == 0, resp
+            assert resp["base_offset"] == len(got)
+        broker.assert_alive()
+    finally:
+        broker.cleanup()

@@ -249,7 +249,6 @@ impl Log {
         Ok(())
     }
 
-    /// Idempotent producers known to this partition (tests, metrics).
     /// Why appends are refused (see [`Log::mark_failed`]), if they are.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
@@ -264,6 +263,7 @@ impl Log {
         }
     }
 
+    /// Idempotent producers known to this partition (tests, metrics).
     pub fn producer_state(&self) -> &ProducerStateManager {
         &self.producer_state
     }
