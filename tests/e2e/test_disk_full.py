@@ -226,7 +226,7 @@ def faulty_fs(tmp_root):
 
 def test_failed_fsync_answers_storage_error_and_restart_recovers_every_ack(faulty_fs):
     mount_point, control = faulty_fs
-    broker = Broker(mount_point / "data")
+    broker = Broker(mount_point)  # its stderr log goes beside, off the faulty fs
     try:
         broker.start()
         topic = unique_topic("fsync")
@@ -272,5 +272,71 @@ def test_failed_fsync_answers_storage_error_and_restart_recovers_every_ack(fault
             assert resp["error_code"] == 0, resp
             assert resp["base_offset"] == len(got)
         broker.assert_alive()
+    finally:
+        broker.cleanup()
+
+
+def test_failed_write_is_cut_back_and_writes_resume(faulty_fs):
+    mount_point, control = faulty_fs
+    broker = Broker(mount_point)  # its stderr log goes beside, off the faulty fs
+    try:
+        broker.start()
+        topic = unique_topic("eio")
+        create_topic(broker.bootstrap, topic)
+        acked = []
+        with broker.conn() as c:
+            for b in range(5):
+                records = [record(b * 10 + i) for i in range(10)]
+                resp = produce(c, topic, records)
+                assert resp["error_code"] == 0, resp
+                acked += [(resp["base_offset"] + i, k, v) for i, (k, v) in enumerate(records)]
+            (control / "fail-write").touch()
+            for attempt in range(3):
+                resp = produce(c, topic, [record(1000 + attempt)])
+                assert resp["error_code"] == KAFKA_STORAGE_ERROR, resp
+            got, high_watermark = fetch_all(c, topic)
+            assert got == acked and high_watermark == len(acked)
+            # The write error was cut back, so writes resume without a restart, right
+            # after the last acknowledged record.
+            (control / "fail-write").unlink()
+            resp = produce(c, topic, [record(2000)])
+            assert resp["error_code"] == 0, resp
+            assert resp["base_offset"] == len(acked)
+            acked.append((len(acked), *record(2000)))
+            got, _ = fetch_all(c, topic)
+            assert got == acked
+        broker.kill(signal.SIGKILL)
+        broker.start()
+        with broker.conn() as c:
+            kw.wait_for_topic(c, topic)
+            got, _ = fetch_all(c, topic)
+        assert got == acked
+        assert "panicked" not in broker.stderr_text()
+    finally:
+        broker.cleanup()
+
+
+def test_broker_keeps_serving_when_its_log_cannot_be_written(faulty_fs):
+    # `sluice serve 2>>broker.log` with the log on the failing disk: the error lines
+    # cannot be written. That must cost the lines, not the connection (the logging
+    # library's fallback `eprintln!` panics when stderr fails).
+    mount_point, control = faulty_fs
+    broker = Broker(mount_point / "data")  # stderr in mount_point, on the faulty fs
+    try:
+        broker.start()
+        topic = unique_topic("logfail")
+        create_topic(broker.bootstrap, topic)
+        with broker.conn() as c:
+            assert produce(c, topic, [record(1)])["error_code"] == 0
+            (control / "fail-write").touch()
+            for attempt in range(3):
+                resp = produce(c, topic, [record(10 + attempt)])
+                assert resp["error_code"] == KAFKA_STORAGE_ERROR, resp
+            got, _ = fetch_all(c, topic)
+            assert [k for _, k, _ in got] == [record(1)[0]]
+            (control / "fail-write").unlink()
+            assert produce(c, topic, [record(2)])["error_code"] == 0
+        broker.assert_alive()
+        assert "panicked" not in broker.stderr_text()
     finally:
         broker.cleanup()

@@ -132,6 +132,11 @@ fn collect_settings(args: &ServeArgs) -> anyhow::Result<Vec<(String, String)>> {
 /// Logs go to stderr, coloured only on a terminal. The broker logs at `info`; the client
 /// commands at `warn` (their results and errors are printed, routine group events are
 /// not). `SLUICE_LOG` or `RUST_LOG` overrides either.
+///
+/// A log line that cannot be written (stderr redirected to a file on a full or failing
+/// disk) is dropped: the subscriber's default would report it with `eprintln!`, which
+/// panics when stderr fails, killing the task that logged, exactly when the broker is
+/// logging storage errors.
 fn init_logging(default_level: &str) {
     use std::io::IsTerminal;
     let filter = std::env::var("SLUICE_LOG")
@@ -141,6 +146,7 @@ fn init_logging(default_level: &str) {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .init();
 }
 
