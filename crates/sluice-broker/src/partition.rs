@@ -269,6 +269,12 @@ impl Partition {
         self.log.lock().log_end_offset()
     }
 
+    /// OffsetForLeaderEpoch: the largest epoch at most `epoch` in this log and where it
+    /// ends (see `sluice_log::LeaderEpochCache::end_offset_for`).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.log.lock().end_offset_for_epoch(epoch)
+    }
+
     /// Locates the bytes of a fetch; the copy happens outside the lock.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<PartitionRead, LogError> {
         let log = self.log.lock();

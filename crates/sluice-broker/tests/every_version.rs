@@ -439,6 +439,41 @@ async fn produce_fetch_list_offsets_every_version() {
             assert_eq!(answers[4].1, 1_000 * (last_batch_base + 1) + 2);
         }
     }
+    for version in versions(ApiKey::OffsetForLeaderEpoch) {
+        let query = |topic: &str, current_leader_epoch: i32, leader_epoch: i32| {
+            OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                        .with_topic(name(topic))
+                        .with_partitions(vec![
+                            offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                                .with_partition(0)
+                                .with_current_leader_epoch(current_leader_epoch)
+                                .with_leader_epoch(leader_epoch),
+                        ]),
+                ])
+        };
+        let mut ask = async |topic: &str, current: i32, epoch: i32| {
+            let response: OffsetForLeaderEpochResponse = client
+                .call(
+                    ApiKey::OffsetForLeaderEpoch,
+                    version,
+                    &query(topic, current, epoch),
+                )
+                .await;
+            let p = &response.topics[0].partitions[0];
+            (p.error_code, p.leader_epoch, p.end_offset)
+        };
+        // Every batch of a single node is written in epoch 0: it ends at the log end.
+        assert_eq!(ask("data", 0, 0).await, (0, 0, expected_offset), "v{version}");
+        assert_eq!(ask("data", -1, 0).await, (0, 0, expected_offset), "v{version}");
+        // A newer epoch than the log has is unknown.
+        assert_eq!(ask("data", 0, 3).await, (0, -1, -1), "v{version}");
+        // The requester's current epoch is checked (KIP-320): newer is UNKNOWN_LEADER_EPOCH.
+        assert_eq!(ask("data", 5, 0).await, (75, -1, -1), "v{version}");
+        assert_eq!(ask("no-such-topic", 0, 0).await, (3, -1, -1), "v{version}");
+    }
     broker.shutdown().await;
 }
 

@@ -16,6 +16,7 @@ pub mod cleaner;
 mod compression;
 mod error;
 mod index;
+mod leader_epoch;
 mod log;
 mod producer_state;
 mod records;
@@ -31,6 +32,10 @@ pub use batch::{rewrite_header, validate_for_append, BatchHeader, BATCH_HEADER_B
 pub use checkpoint::{write_atomically, LOG_START_OFFSET_FILE, RECOVERY_POINT_FILE};
 pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
+pub use leader_epoch::{
+    EpochEntry, LeaderEpochCache, LEADER_EPOCH_CHECKPOINT_FILE, UNDEFINED_EPOCH,
+    UNDEFINED_EPOCH_OFFSET,
+};
 pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
 pub use producer_state::{
     increment_sequence, BatchMetadata, ProducerEntry, ProducerStateManager, BATCHES_PER_PRODUCER,

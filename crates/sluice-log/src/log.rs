@@ -13,6 +13,7 @@ use crate::batch::{rewrite_header, validate_for_append, BatchHeader, BATCH_HEADE
 use crate::checkpoint::{
     read_log_start_offset, read_recovery_point, sync_dir, write_recovery_point,
 };
+use crate::leader_epoch::{EpochEntry, LeaderEpochCache};
 use crate::producer_state::{load_snapshot, write_snapshot, ProducerStateManager};
 use crate::recovery::{load_segment, RecoveryReport};
 use crate::segment::{parse_log_file_name, Segment};
@@ -162,6 +163,8 @@ pub struct Log {
     producer_state: ProducerStateManager,
     /// Log end offset covered by the newest producer snapshot written or loaded.
     producer_snapshot_offset: Option<i64>,
+    /// First offset of every leader epoch in the log (OffsetForLeaderEpoch).
+    leader_epochs: LeaderEpochCache,
     /// Why the log refuses appends until the broker restarts: a failed write could not be
     /// cut back (the segment may end in a torn batch) or an fsync failed (the kernel may
     /// have dropped unsynced pages). Reads keep working; recovery at the next open repairs it.
@@ -196,12 +199,14 @@ impl Log {
             log_start_offset: 0,
             producer_state: ProducerStateManager::new(),
             producer_snapshot_offset: None,
+            leader_epochs: LeaderEpochCache::empty(dir),
             failed: None,
         };
         log.log_start_offset = read_log_start_offset(dir)?
             .unwrap_or(0)
             .min(log.log_end_offset());
         log.load_producer_state()?;
+        log.load_leader_epochs()?;
         log.finish_recovery(recovery_point)?;
         Ok(log)
     }
@@ -276,6 +281,55 @@ impl Log {
 
     /// Makes everything recovery kept durable and checkpoints it, so the next open starts
     /// from the log end.
+    /// Loads the leader epoch cache and drops entries past the recovered log end; a
+    /// missing or damaged file (a log written before Sluice kept one) is rebuilt from the
+    /// batch headers, once.
+    fn load_leader_epochs(&mut self) -> Result<(), LogError> {
+        let log_end_offset = self.log_end_offset();
+        if let Some(mut cache) = LeaderEpochCache::load(&self.dir)? {
+            if cache.truncate_from_end(log_end_offset) {
+                cache.persist()?;
+            }
+            self.leader_epochs = cache;
+            return Ok(());
+        }
+        let mut cache = LeaderEpochCache::empty(&self.dir);
+        let mut scanned = 0u64;
+        let log_start_offset = self.log_start_offset();
+        for segment in &self.segments {
+            let mut position = match segment.find_batch_ending_at_or_after(log_start_offset)? {
+                Some((position, _)) => position,
+                None => continue,
+            };
+            while position < segment.size_bytes {
+                let header = segment.read_header_at(position)?;
+                cache.assign(header.partition_leader_epoch, header.base_offset);
+                scanned += 1;
+                position =
+                    position.saturating_add(u32::try_from(header.total_size()).unwrap_or(u32::MAX));
+            }
+        }
+        cache.persist()?;
+        if scanned > 0 {
+            tracing::info!(dir = %self.dir.display(), batches = scanned, epochs = cache.entries().len(), "rebuilt the leader epoch cache from the log");
+        }
+        self.recovery_report.leader_epoch_batches_scanned = scanned;
+        self.leader_epochs = cache;
+        Ok(())
+    }
+
+    /// The leader epochs of this log and where each starts, oldest first.
+    pub fn leader_epochs(&self) -> &[EpochEntry] {
+        self.leader_epochs.entries()
+    }
+
+    /// OffsetForLeaderEpoch for this log: the largest epoch at most `epoch` and the
+    /// offset where it ends (see [`LeaderEpochCache::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.leader_epochs
+            .end_offset_for(epoch, self.log_end_offset())
+    }
+
     fn finish_recovery(&mut self, recovery_point: i64) -> Result<(), LogError> {
         let log_end_offset = self.log_end_offset();
         for segment in &self.segments {
@@ -402,6 +456,14 @@ impl Log {
         rewrite_header(&mut head_rewritten, base_offset, leader_epoch);
         header.base_offset = base_offset;
         header.partition_leader_epoch = leader_epoch;
+        if self.leader_epochs.assign(leader_epoch, base_offset) {
+            // Durable before the batch is: the file must never lack the epoch of data on
+            // disk (an entry past the end after a crash is dropped at open).
+            if let Err(error) = self.leader_epochs.persist() {
+                self.leader_epochs.truncate_from_end(base_offset);
+                return Err(error);
+            }
+        }
         let index_interval_bytes = self.config.index_interval_bytes;
         let segment = self.active_segment()?;
         if let Err(error) =
@@ -635,6 +697,12 @@ impl Log {
         }
         write_recovery_point(&self.dir, self.synced_offset)?;
         self.recovery_point = self.synced_offset;
+        if self
+            .leader_epochs
+            .truncate_from_start(self.log_start_offset())
+        {
+            self.leader_epochs.persist()?;
+        }
         self.snapshot_producer_state()
     }
 

@@ -35,6 +35,9 @@ pub struct RecoveryReport {
     pub producer_batches_replayed: u64,
     /// Idempotent producers known after recovery.
     pub producers_loaded: usize,
+    /// Batch headers read to rebuild a missing or damaged `leader-epoch-checkpoint`
+    /// (0 when it was read from the file).
+    pub leader_epoch_batches_scanned: u64,
 }
 
 /// A loaded segment and whether its file had to be truncated.

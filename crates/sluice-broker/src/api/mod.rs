@@ -35,6 +35,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
@@ -44,6 +45,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
@@ -187,6 +189,10 @@ pub async fn dispatch(
             decode(&mut body, api_key, version)?,
         )?),
         ApiKey::DescribeCluster => now(describe_cluster::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::OffsetForLeaderEpoch => now(offset_for_leader_epoch::handle(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),

@@ -738,3 +738,98 @@ fn marked_failed_log_refuses_appends_with_an_io_error() {
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     assert_every_offset_reads_back(&log, &[first]);
 }
+
+fn append_with_epoch(log: &mut Log, epoch: i32) -> i64 {
+    let mut bytes = batch(2, 20, 0);
+    log.append(&mut bytes, epoch, 0).unwrap().base_offset
+}
+
+fn epoch_pairs(log: &Log) -> Vec<(i32, i64)> {
+    log.leader_epochs()
+        .iter()
+        .map(|e| (e.epoch, e.start_offset))
+        .collect()
+}
+
+#[test]
+fn leader_epochs_follow_appends_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    for epoch in [0, 0, 3, 3, 5] {
+        append_with_epoch(&mut log, epoch);
+    }
+    assert_eq!(epoch_pairs(&log), [(0, 0), (3, 4), (5, 8)]);
+    assert_eq!(log.end_offset_for_epoch(5), (5, 10));
+    assert_eq!(log.end_offset_for_epoch(3), (3, 8));
+    assert_eq!(log.end_offset_for_epoch(4), (3, 8));
+    assert_eq!(log.end_offset_for_epoch(6), (-1, -1));
+    // Written before the batches, without waiting for a flush: a reopen after a crash
+    // (no flush, no checkpoint) knows every epoch.
+    drop(log);
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    assert_eq!(epoch_pairs(&log), [(0, 0), (3, 4), (5, 8)]);
+    assert_eq!(log.recovery_report().leader_epoch_batches_scanned, 0);
+}
+
+#[test]
+fn leader_epoch_checkpoint_lost_or_damaged_is_rebuilt_from_the_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(300, 0)).unwrap();
+    for epoch in [1, 1, 1, 2, 2, 4] {
+        append_with_epoch(&mut log, epoch);
+    }
+    log.flush().unwrap();
+    assert!(log.segment_count() > 1);
+    drop(log);
+    let file = dir.path().join(crate::LEADER_EPOCH_CHECKPOINT_FILE);
+    for damage in [None, Some("0\n3\n1 0\n")] {
+        match damage {
+            None => fs::remove_file(&file).unwrap(),
+            Some(text) => fs::write(&file, text).unwrap(),
+        }
+        let log = Log::open(dir.path(), config(300, 0)).unwrap();
+        assert_eq!(epoch_pairs(&log), [(1, 0), (2, 6), (4, 10)]);
+        assert_eq!(log.recovery_report().leader_epoch_batches_scanned, 6);
+    }
+}
+
+#[test]
+fn leader_epochs_past_a_torn_tail_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    append_with_epoch(&mut log, 0);
+    append_with_epoch(&mut log, 0);
+    log.flush().unwrap();
+    append_with_epoch(&mut log, 7);
+    assert_eq!(epoch_pairs(&log), [(0, 0), (7, 4)]);
+    drop(log);
+    // The epoch-7 batch never fully reached the disk.
+    let path = dir.path().join("00000000000000000000.log");
+    let len = fs::metadata(&path).unwrap().len();
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len - 10).unwrap();
+    drop(file);
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(epoch_pairs(&log), [(0, 0)]);
+    assert_eq!(log.end_offset_for_epoch(0), (0, 4));
+    assert_eq!(log.end_offset_for_epoch(7), (-1, -1));
+    let text = fs::read_to_string(dir.path().join(crate::LEADER_EPOCH_CHECKPOINT_FILE)).unwrap();
+    assert_eq!(text, "0\n1\n0 0\n");
+}
+
+#[test]
+fn leader_epochs_below_the_log_start_are_dropped_at_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    for epoch in [0, 0, 2, 2, 3] {
+        append_with_epoch(&mut log, epoch);
+    }
+    let (_, deleted) = log.delete_records(6).unwrap();
+    deleted.unlink().unwrap();
+    log.flush().unwrap();
+    assert_eq!(epoch_pairs(&log), [(2, 6), (3, 8)]);
+    drop(log);
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    assert_eq!(epoch_pairs(&log), [(2, 6), (3, 8)]);
+}

@@ -1,0 +1,66 @@
+//! OffsetForLeaderEpoch (key 23): where a leader epoch ends in a partition's log.
+//!
+//! Followers ask it after a leader change to find where their log diverges (KIP-101,
+//! KIP-279); consumers ask it to validate their position after a leader change (KIP-320),
+//! and then see a log truncation instead of silently reading different records. The
+//! answer comes from the log's leader epoch cache (`sluice_log::LeaderEpochCache`).
+
+use bytes::Bytes;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+use kafka_protocol::ResponseError;
+use sluice_log::{UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
+
+use super::{ApiError, RequestContext};
+use crate::partition::SINGLE_NODE_LEADER_EPOCH;
+
+/// `current_leader_epoch` of a request that does not check it.
+const NO_EPOCH_CHECK: i32 = -1;
+
+pub fn handle(
+    ctx: &RequestContext,
+    request: OffsetForLeaderEpochRequest,
+) -> Result<Bytes, ApiError> {
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let state = ctx.broker.replicas.topic(topic.topic.as_str());
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|wanted| {
+                    let answer = EpochEndOffset::default().with_partition(wanted.partition);
+                    let Some(partition) =
+                        state.as_ref().and_then(|s| s.partition(wanted.partition))
+                    else {
+                        return undefined(answer, ResponseError::UnknownTopicOrPartition);
+                    };
+                    // The requester's view of the leader epoch must be ours (KIP-320).
+                    let current = wanted.current_leader_epoch;
+                    if current != NO_EPOCH_CHECK && current < SINGLE_NODE_LEADER_EPOCH {
+                        return undefined(answer, ResponseError::FencedLeaderEpoch);
+                    }
+                    if current > SINGLE_NODE_LEADER_EPOCH {
+                        return undefined(answer, ResponseError::UnknownLeaderEpoch);
+                    }
+                    let (epoch, end_offset) = partition.end_offset_for_epoch(wanted.leader_epoch);
+                    answer.with_leader_epoch(epoch).with_end_offset(end_offset)
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    ctx.respond(&OffsetForLeaderEpochResponse::default().with_topics(topics))
+}
+
+fn undefined(answer: EpochEndOffset, error: ResponseError) -> EpochEndOffset {
+    answer
+        .with_error_code(error.code())
+        .with_leader_epoch(UNDEFINED_EPOCH)
+        .with_end_offset(UNDEFINED_EPOCH_OFFSET)
+}
