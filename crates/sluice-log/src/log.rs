@@ -309,7 +309,12 @@ impl Log {
                     position.saturating_add(u32::try_from(header.total_size()).unwrap_or(u32::MAX));
             }
         }
-        cache.persist()?;
+        // A new, empty log needs no file yet (the first append writes it): creating a
+        // topic of many partitions costs no extra fsyncs.
+        let damaged = self.dir.join(crate::LEADER_EPOCH_CHECKPOINT_FILE).exists();
+        if !cache.entries().is_empty() || damaged {
+            cache.persist()?;
+        }
         if scanned > 0 {
             tracing::info!(dir = %self.dir.display(), batches = scanned, epochs = cache.entries().len(), "rebuilt the leader epoch cache from the log");
         }
