@@ -5,6 +5,7 @@
 //! `watch` channel carrying an offset, and a waiter that parks until the offset passes
 //! its target or its deadline fires.
 
+use kafka_protocol::ResponseError;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,6 +268,25 @@ impl Partition {
 
     pub fn log_end_offset(&self) -> i64 {
         self.log.lock().log_end_offset()
+    }
+
+    /// The leader epoch of this partition (a single node's never changes).
+    pub fn leader_epoch(&self) -> i32 {
+        SINGLE_NODE_LEADER_EPOCH
+    }
+
+    /// KIP-320: a request that names the leader epoch it believes current (Fetch v9+,
+    /// ListOffsets v4+, OffsetForLeaderEpoch v2+; -1 skips the check) must name ours: an
+    /// older one is FENCED_LEADER_EPOCH (the client's metadata is stale), a newer one
+    /// UNKNOWN_LEADER_EPOCH (this broker's is).
+    pub fn check_leader_epoch(&self, current_leader_epoch: i32) -> Result<(), ResponseError> {
+        let ours = self.leader_epoch();
+        match current_leader_epoch {
+            -1 => Ok(()),
+            epoch if epoch < ours => Err(ResponseError::FencedLeaderEpoch),
+            epoch if epoch > ours => Err(ResponseError::UnknownLeaderEpoch),
+            _ => Ok(()),
+        }
     }
 
     /// OffsetForLeaderEpoch: the largest epoch at most `epoch` in this log and where it

@@ -337,6 +337,18 @@ async fn fetch(
     offset: i64,
     max_wait_ms: i32,
 ) -> fetch_response::PartitionData {
+    fetch_in_epoch(client, version, topic, offset, max_wait_ms, -1).await
+}
+
+/// A fetch naming the leader epoch the client believes current (v9+; -1: unchecked).
+async fn fetch_in_epoch(
+    client: &mut Client,
+    version: i16,
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+    current_leader_epoch: i32,
+) -> fetch_response::PartitionData {
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(max_wait_ms)
@@ -348,6 +360,7 @@ async fn fetch(
             .with_partitions(vec![fetch_request::FetchPartition::default()
                 .with_partition(0)
                 .with_fetch_offset(offset)
+                .with_current_leader_epoch(current_leader_epoch)
                 .with_partition_max_bytes(1 << 20)])]);
     let response: FetchResponse = client.call(ApiKey::Fetch, version, &request).await;
     assert_eq!(response.error_code, 0);
@@ -398,6 +411,16 @@ async fn produce_fetch_list_offsets_every_version() {
         // Beyond the end: OFFSET_OUT_OF_RANGE.
         let data = fetch(&mut client, version, "data", expected_offset + 10, 0).await;
         assert_eq!(data.error_code, 1, "fetch v{version}");
+        if version >= 9 {
+            // KIP-320: the client's leader epoch must be the partition's (0 on one node).
+            let data = fetch_in_epoch(&mut client, version, "data", 0, 0, 0).await;
+            assert_eq!(data.error_code, 0, "fetch v{version}");
+            let data = fetch_in_epoch(&mut client, version, "data", 0, 0, 2).await;
+            assert_eq!(
+                data.error_code, 75,
+                "UNKNOWN_LEADER_EPOCH, fetch v{version}"
+            );
+        }
     }
     for version in versions(ApiKey::ListOffsets) {
         let query = |timestamp: i64| {
@@ -423,6 +446,17 @@ async fn produce_fetch_list_offsets_every_version() {
             let p = &response.topics[0].partitions[0];
             assert_eq!(p.error_code, 0, "v{version} ts {timestamp}");
             answers.push((p.offset, p.timestamp));
+        }
+        if version >= 4 {
+            let mut request = query(-1);
+            request.topics[0].partitions[0].current_leader_epoch = 4;
+            let response: ListOffsetsResponse =
+                client.call(ApiKey::ListOffsets, version, &request).await;
+            let p = &response.topics[0].partitions[0];
+            assert_eq!(
+                p.error_code, 75,
+                "UNKNOWN_LEADER_EPOCH, list offsets v{version}"
+            );
         }
         assert_eq!(answers[0].0, 0, "earliest v{version}");
         assert_eq!(answers[1].0, expected_offset, "latest v{version}");
@@ -466,8 +500,16 @@ async fn produce_fetch_list_offsets_every_version() {
             (p.error_code, p.leader_epoch, p.end_offset)
         };
         // Every batch of a single node is written in epoch 0: it ends at the log end.
-        assert_eq!(ask("data", 0, 0).await, (0, 0, expected_offset), "v{version}");
-        assert_eq!(ask("data", -1, 0).await, (0, 0, expected_offset), "v{version}");
+        assert_eq!(
+            ask("data", 0, 0).await,
+            (0, 0, expected_offset),
+            "v{version}"
+        );
+        assert_eq!(
+            ask("data", -1, 0).await,
+            (0, 0, expected_offset),
+            "v{version}"
+        );
         // A newer epoch than the log has is unknown.
         assert_eq!(ask("data", 0, 3).await, (0, -1, -1), "v{version}");
         // The requester's current epoch is checked (KIP-320): newer is UNKNOWN_LEADER_EPOCH.

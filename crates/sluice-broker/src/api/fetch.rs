@@ -39,6 +39,8 @@ struct FetchTarget {
     partition: Option<Arc<Partition>>,
     fetch_offset: i64,
     max_bytes: usize,
+    /// The leader epoch the client believes current (-1: unchecked), KIP-320.
+    current_leader_epoch: i32,
 }
 
 pub fn handle(ctx: RequestContext, request: FetchRequest) -> Dispatched {
@@ -67,6 +69,7 @@ async fn fetch(
                     .cloned(),
                 fetch_offset: partition.fetch_offset,
                 max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
+                current_leader_epoch: partition.current_leader_epoch,
             });
         }
     }
@@ -199,6 +202,17 @@ fn read_all(
             ));
             continue;
         };
+        if let Err(error) = partition.check_leader_epoch(target.current_leader_epoch) {
+            has_error = true;
+            out.push((
+                data.with_error_code(error.code())
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_records(Some(Bytes::new())),
+                None,
+            ));
+            continue;
+        }
         // KIP-74: only the first partition with data may exceed the limits (by one
         // batch, so a large batch cannot block a consumer); later partitions whose next
         // batch does not fit come back empty.

@@ -9,7 +9,7 @@ use kafka_protocol::ResponseError;
 
 use super::produce::log_error_code;
 use super::{ApiError, RequestContext};
-use crate::partition::{Partition, SINGLE_NODE_LEADER_EPOCH};
+use crate::partition::Partition;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -36,7 +36,15 @@ pub fn handle(ctx: &RequestContext, request: ListOffsetsRequest) -> Result<Bytes
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                             .with_timestamp(-1)
                             .with_offset(-1),
-                        Some(partition) => lookup(partition, wanted.timestamp, version, response),
+                        Some(partition) => {
+                            match partition.check_leader_epoch(wanted.current_leader_epoch) {
+                                Ok(()) => lookup(partition, wanted.timestamp, version, response),
+                                Err(error) => response
+                                    .with_error_code(error.code())
+                                    .with_timestamp(-1)
+                                    .with_offset(-1),
+                            }
+                        }
                     }
                 })
                 .collect();
@@ -79,7 +87,7 @@ fn lookup(
         Ok(Some((timestamp, offset))) => {
             let response = response.with_timestamp(timestamp).with_offset(offset);
             if version >= 4 {
-                response.with_leader_epoch(SINGLE_NODE_LEADER_EPOCH)
+                response.with_leader_epoch(partition.leader_epoch())
             } else {
                 response
             }

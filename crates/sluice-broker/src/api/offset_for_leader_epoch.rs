@@ -14,10 +14,6 @@ use kafka_protocol::ResponseError;
 use sluice_log::{UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 
 use super::{ApiError, RequestContext};
-use crate::partition::SINGLE_NODE_LEADER_EPOCH;
-
-/// `current_leader_epoch` of a request that does not check it.
-const NO_EPOCH_CHECK: i32 = -1;
 
 pub fn handle(
     ctx: &RequestContext,
@@ -38,13 +34,8 @@ pub fn handle(
                     else {
                         return undefined(answer, ResponseError::UnknownTopicOrPartition);
                     };
-                    // The requester's view of the leader epoch must be ours (KIP-320).
-                    let current = wanted.current_leader_epoch;
-                    if current != NO_EPOCH_CHECK && current < SINGLE_NODE_LEADER_EPOCH {
-                        return undefined(answer, ResponseError::FencedLeaderEpoch);
-                    }
-                    if current > SINGLE_NODE_LEADER_EPOCH {
-                        return undefined(answer, ResponseError::UnknownLeaderEpoch);
+                    if let Err(error) = partition.check_leader_epoch(wanted.current_leader_epoch) {
+                        return undefined(answer, error);
                     }
                     let (epoch, end_offset) = partition.end_offset_for_epoch(wanted.leader_epoch);
                     answer.with_leader_epoch(epoch).with_end_offset(end_offset)
