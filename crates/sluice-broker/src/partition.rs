@@ -361,6 +361,7 @@ impl Partition {
         self.unsynced_records.store(0, Ordering::Relaxed);
         self.unsynced_bytes.store(0, Ordering::Relaxed);
         let offset_end = target.offset_end;
+        let generation = target.generation;
         let method = self.settings.lock().flush_method;
         let fsync_timer = crate::metrics::FsyncTimer::start();
         match method {
@@ -370,7 +371,7 @@ impl Partition {
             FlushMethod::Syncfs => self.dir_sync.sync().await?,
         }
         drop(fsync_timer);
-        self.log.lock().mark_synced(offset_end);
+        self.log.lock().mark_synced(offset_end, generation);
         self.synced_offset.send_if_modified(|synced| {
             let moved = offset_end > *synced;
             if moved {

@@ -78,7 +78,7 @@ fn append(c: &mut Criterion) {
                         if sync_every > 0 && (i + 1) % sync_every == 0 {
                             let target = log.sync_target();
                             target.sync().expect("fsync");
-                            log.mark_synced(target.offset_end);
+                            log.mark_synced(target.offset_end, target.generation);
                         }
                     }
                     (dir, log)

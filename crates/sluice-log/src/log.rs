@@ -11,7 +11,8 @@ use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::batch::{rewrite_header, validate_for_append, BatchHeader, BATCH_HEADER_BYTES};
 use crate::checkpoint::{
-    read_log_start_offset, read_recovery_point, sync_dir, write_recovery_point,
+    read_log_start_offset, read_recovery_point, sync_dir, write_log_start_offset,
+    write_recovery_point,
 };
 use crate::leader_epoch::{EpochEntry, LeaderEpochCache};
 use crate::producer_state::{load_snapshot, write_snapshot, ProducerStateManager};
@@ -119,6 +120,9 @@ pub struct SyncTarget {
     /// A directory whose entries (new segment files) must be made durable too.
     directory: Option<PathBuf>,
     pub offset_end: i64,
+    /// [`Log::truncations`] when the target was taken: a truncation in between makes
+    /// `offset_end` describe other data, which [`Log::mark_synced`] then ignores.
+    pub generation: u64,
 }
 
 impl SyncTarget {
@@ -163,6 +167,8 @@ pub struct Log {
     producer_state: ProducerStateManager,
     /// Log end offset covered by the newest producer snapshot written or loaded.
     producer_snapshot_offset: Option<i64>,
+    /// Times the log was cut back by [`Log::truncate_to`] (see [`SyncTarget::generation`]).
+    truncations: u64,
     /// First offset of every leader epoch in the log (OffsetForLeaderEpoch).
     leader_epochs: LeaderEpochCache,
     /// Why the log refuses appends until the broker restarts: a failed write could not be
@@ -200,6 +206,7 @@ impl Log {
             producer_state: ProducerStateManager::new(),
             producer_snapshot_offset: None,
             leader_epochs: LeaderEpochCache::empty(dir),
+            truncations: 0,
             failed: None,
         };
         log.log_start_offset = read_log_start_offset(dir)?
@@ -665,11 +672,16 @@ impl Log {
                 .unsynced_directory_base_offset
                 .map(|_| self.dir.clone()),
             offset_end: self.log_end_offset(),
+            generation: self.truncations,
         }
     }
 
-    /// Records that everything below `offset_end` is on disk (after `SyncTarget::sync`).
-    pub fn mark_synced(&mut self, offset_end: i64) {
+    /// Records that everything below `offset_end` is on disk (after `SyncTarget::sync` of
+    /// a target taken at `generation`; stale after a truncation, then ignored).
+    pub fn mark_synced(&mut self, offset_end: i64, generation: u64) {
+        if generation != self.truncations {
+            return;
+        }
         if self.failed.is_some() {
             // After a failed fsync a later successful one proves nothing (the kernel may
             // have dropped the pages): the recovery point stays, so a restart checks the tail.
@@ -732,8 +744,116 @@ impl Log {
         let target = self.sync_target();
         target.sync()?;
         sync_dir(&self.dir)?;
-        self.mark_synced(target.offset_end);
+        self.mark_synced(target.offset_end, target.generation);
         self.checkpoint()
+    }
+
+    /// Cuts the log back so that nothing at or after `offset` remains (Kafka's
+    /// `truncateTo`: a follower dropping what diverges from a new leader's log). The cut
+    /// falls at the start of the batch containing `offset`, so the new log end may be
+    /// below `offset`; it is returned. Later segments are deleted, the producer state is
+    /// reloaded from the newest snapshot at or below the new end, leader epochs past it are
+    /// dropped, and the recovery point is checkpointed. An `offset` at or past the log end
+    /// changes nothing; one below the log start empties the log to start there
+    /// ([`Log::reset_to`]).
+    pub fn truncate_to(&mut self, offset: i64) -> Result<i64, LogError> {
+        if offset >= self.log_end_offset() {
+            return Ok(self.log_end_offset());
+        }
+        if offset < self.log_start_offset() {
+            self.reset_to(offset)?;
+            return Ok(offset);
+        }
+        self.truncations += 1;
+        let mut removed = Vec::new();
+        while self.segments.len() > 1
+            && self
+                .segments
+                .last()
+                .is_some_and(|segment| segment.base_offset >= offset)
+        {
+            if let Some(segment) = self.segments.pop() {
+                removed.push(segment.base_offset);
+            }
+        }
+        let active = self.active_segment()?;
+        if let Some((position, header)) = active.find_batch_ending_at_or_after(offset)? {
+            active.truncate_to(position, header.base_offset)?;
+        }
+        for base_offset in removed {
+            Segment::delete_files(&self.dir, base_offset)?;
+        }
+        self.after_truncation()?;
+        Ok(self.log_end_offset())
+    }
+
+    /// Empties the log and makes `offset` its start and end (Kafka's
+    /// `truncateFullyAndStartAt`: a follower whose log has nothing in common with the
+    /// leader's, or is entirely below the leader's log start).
+    pub fn reset_to(&mut self, offset: i64) -> Result<(), LogError> {
+        if offset < 0 {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset(),
+                log_end_offset: self.log_end_offset(),
+            });
+        }
+        self.truncations += 1;
+        let fresh = Segment::create(&self.dir, offset).map_err(|error| {
+            Segment::remove_failed_create(&self.dir, offset);
+            error
+        })?;
+        let old: Vec<i64> = self
+            .segments
+            .drain(..)
+            .map(|segment| segment.base_offset)
+            .filter(|base_offset| *base_offset != offset)
+            .collect();
+        self.segments.push(fresh);
+        for base_offset in old {
+            Segment::delete_files(&self.dir, base_offset)?;
+        }
+        write_log_start_offset(&self.dir, offset)?;
+        self.log_start_offset = offset;
+        for snapshot in crate::producer_state::list_snapshots(&self.dir)? {
+            match fs::remove_file(
+                self.dir
+                    .join(crate::producer_state::snapshot_file_name(snapshot)),
+            ) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.leader_epochs = LeaderEpochCache::empty(&self.dir);
+        self.leader_epochs.persist()?;
+        self.after_truncation()
+    }
+
+    /// What every cut-back shares: durable directory, nothing unsynced beyond the new end,
+    /// producer state and leader epochs matching the remaining batches, and a checkpoint.
+    fn after_truncation(&mut self) -> Result<(), LogError> {
+        sync_dir(&self.dir)?;
+        let log_end_offset = self.log_end_offset();
+        // Deleted segments need no fsync, the cut one was fsynced by the cut; rolled ones
+        // that remain still do. The directory (creations, deletions) was just synced.
+        self.unsynced_rolled_segments
+            .retain(|(segment_offset_end, _)| *segment_offset_end <= log_end_offset);
+        self.unsynced_directory_base_offset = None;
+        self.synced_offset = self.synced_offset.min(log_end_offset);
+        self.recovery_point = self.recovery_point.min(log_end_offset);
+        self.producer_state = ProducerStateManager::new();
+        self.producer_snapshot_offset = None;
+        self.load_producer_state()?;
+        if self.leader_epochs.truncate_from_end(log_end_offset) {
+            self.leader_epochs.persist()?;
+        }
+        write_recovery_point(&self.dir, self.recovery_point)?;
+        for segment in &mut self.segments {
+            segment.write_indexes()?;
+        }
+        tracing::info!(dir = %self.dir.display(), log_end_offset, "log truncated");
+        Ok(())
     }
 
     /// The segments, oldest first (retention and the cleaner decide over them).

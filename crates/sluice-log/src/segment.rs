@@ -366,6 +366,40 @@ impl Segment {
         Ok((position, next_offset))
     }
 
+    /// Cuts the segment back to the batch boundary `position`, after which the next offset
+    /// is `next_offset` (follower truncation); the cut is fsynced. Index entries at or past
+    /// the cut go; the largest timestamp is recomputed from the remaining batch headers.
+    pub fn truncate_to(&mut self, position: u32, next_offset: i64) -> Result<(), LogError> {
+        debug_assert!(position <= self.size_bytes);
+        self.file.set_len(u64::from(position))?;
+        self.file.sync_all()?;
+        self.size_bytes = position;
+        self.next_offset = next_offset;
+        self.offset_index
+            .truncate_to_position(position.saturating_sub(1));
+        let relative_end = self.relative_offset(next_offset).unwrap_or(u32::MAX);
+        self.time_index.truncate_to_offset(relative_end);
+        self.max_timestamp = None;
+        let mut at = 0;
+        while at < self.size_bytes {
+            let header = self.read_header_at(at)?;
+            if self
+                .max_timestamp
+                .is_none_or(|max| header.max_timestamp > max.timestamp)
+            {
+                self.max_timestamp = Some(TimestampOffset {
+                    timestamp: header.max_timestamp,
+                    offset: header.base_offset,
+                });
+            }
+            at = self.position_after(at, &header)?;
+        }
+        self.bytes_since_index_entry =
+            position.saturating_sub(self.offset_index.last().map_or(0, |entry| entry.position));
+        self.indexes_dirty = true;
+        Ok(())
+    }
+
     /// Writes both index files atomically (temp, fsync, rename, fsync dir) if they changed.
     pub fn write_indexes(&mut self) -> Result<(), LogError> {
         if !self.indexes_dirty {

@@ -200,3 +200,19 @@ pub fn recode_batch(template: &[u8], codec_bits: i16, body: &[u8]) -> Vec<u8> {
     bytes[17..21].copy_from_slice(&crc.to_be_bytes());
     bytes
 }
+
+/// A real batch of `records` records stamped with producer id, epoch and base sequence.
+pub fn idempotent_batch(
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    records: usize,
+) -> Vec<u8> {
+    let mut bytes = batch(records, 10, 1_000);
+    bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    bytes[51..53].copy_from_slice(&epoch.to_be_bytes());
+    bytes[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}

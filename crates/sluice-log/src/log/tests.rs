@@ -2,8 +2,8 @@ use std::fs;
 
 use super::*;
 use crate::testing::{
-    append_stored, assert_every_offset_reads_back, batch, encode_batch, read_first_batch, stamped,
-    StoredBatch, TestCompression,
+    append_stored, assert_every_offset_reads_back, batch, encode_batch, read_all_records,
+    read_first_batch, stamped, StoredBatch, TestCompression,
 };
 
 fn config(segment_bytes: u64, index_interval_bytes: u32) -> LogConfig {
@@ -362,13 +362,13 @@ fn sync_target_keeps_rolled_segments_until_marked_synced() {
     assert!(target.is_needed(log.synced_offset()));
     append_stored(&mut log, &one, 0);
     target.sync().unwrap();
-    log.mark_synced(target.offset_end);
+    log.mark_synced(target.offset_end, target.generation);
     assert_eq!(log.synced_offset(), 2);
     let target = log.sync_target();
     assert_eq!((target.offset_end, target.files.len()), (3, 1));
     assert!(target.directory.is_some());
     target.sync().unwrap();
-    log.mark_synced(target.offset_end);
+    log.mark_synced(target.offset_end, target.generation);
     let target = log.sync_target();
     assert_eq!(target.files.len(), 1);
     assert!(target.directory.is_none());
@@ -832,4 +832,131 @@ fn leader_epochs_below_the_log_start_are_dropped_at_checkpoint() {
     drop(log);
     let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
     assert_eq!(epoch_pairs(&log), [(2, 6), (3, 8)]);
+}
+
+/// Appends `count` batches of two records each, epoch `epoch`, timestamps 1000 × base.
+fn append_two_record_batches(log: &mut Log, count: usize, epoch: i32) {
+    for _ in 0..count {
+        let base = log.log_end_offset();
+        let mut bytes = batch(2, 20, 1_000 * (base + 1));
+        log.append(&mut bytes, epoch, 0).unwrap();
+    }
+}
+
+#[test]
+fn truncate_to_cuts_at_the_batch_holding_the_offset_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    append_two_record_batches(&mut log, 10, 0);
+    assert_eq!(log.log_end_offset(), 20);
+    // Offset 7 is inside the batch 6..=7: the whole batch goes.
+    assert_eq!(log.truncate_to(7).unwrap(), 6);
+    assert_eq!(log.log_end_offset(), 6);
+    assert_eq!(
+        log.truncate_to(50).unwrap(),
+        6,
+        "past the end: nothing to do"
+    );
+    let offsets: Vec<i64> = read_all_records(&log).iter().map(|r| r.0).collect();
+    assert_eq!(offsets, (0..6).collect::<Vec<_>>());
+    // Timestamps of the removed batches are gone; earlier ones are found.
+    assert_eq!(log.max_timestamp().unwrap().timestamp, 5_000);
+    assert!(log.find_offset_by_timestamp(7_000).unwrap().is_none());
+    assert_eq!(
+        log.find_offset_by_timestamp(3_000).unwrap().unwrap().offset,
+        2
+    );
+    append_two_record_batches(&mut log, 2, 1);
+    assert_eq!(log.log_end_offset(), 10);
+    drop(log);
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    assert_eq!(log.log_end_offset(), 10);
+    assert_eq!(log.recovery_report().bytes_truncated, 0);
+    let offsets: Vec<i64> = read_all_records(&log).iter().map(|r| r.0).collect();
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    assert_eq!(epoch_pairs(&log), [(0, 0), (1, 6)]);
+}
+
+#[test]
+fn truncate_to_deletes_later_segments_and_fixes_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(300, 0)).unwrap();
+    append_two_record_batches(&mut log, 6, 0);
+    append_two_record_batches(&mut log, 6, 3);
+    let segments_before = segment_log_files(dir.path()).len();
+    assert!(segments_before >= 4, "{segments_before}");
+    assert_eq!(epoch_pairs(&log), [(0, 0), (3, 12)]);
+    log.flush().unwrap();
+    // Into the first epoch-3 batch: epoch 3 disappears, and so do later segments.
+    assert_eq!(log.truncate_to(13).unwrap(), 12);
+    assert_eq!(epoch_pairs(&log), [(0, 0)]);
+    assert_eq!(log.end_offset_for_epoch(0), (0, 12));
+    assert!(segment_log_files(dir.path()).len() < segments_before);
+    assert!(log.recovery_point() <= 12);
+    drop(log);
+    let log = Log::open(dir.path(), config(300, 0)).unwrap();
+    assert_eq!(log.log_end_offset(), 12);
+    assert_eq!(log.recovery_report().segments_deleted, 0);
+    assert_eq!(epoch_pairs(&log), [(0, 0)]);
+    let offsets: Vec<i64> = read_all_records(&log).iter().map(|r| r.0).collect();
+    assert_eq!(offsets, (0..12).collect::<Vec<_>>());
+}
+
+#[test]
+fn truncate_to_rolls_producer_state_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    for sequence in [0, 2, 4, 6] {
+        let mut bytes = crate::testing::idempotent_batch(9, 0, sequence, 2);
+        log.append(&mut bytes, 0, 0).unwrap();
+    }
+    log.flush().unwrap();
+    // The snapshot written by the flush covers offset 8; cutting to 4 must forget the
+    // batches with sequences 4 and 6.
+    assert_eq!(log.truncate_to(4).unwrap(), 4);
+    let mut next = crate::testing::idempotent_batch(9, 0, 4, 2);
+    let info = log.append(&mut next, 0, 0).unwrap();
+    assert!(!info.duplicate, "sequence 4 is new again after the cut");
+    assert_eq!(info.base_offset, 4);
+    // And a sequence past the remaining ones is still a gap.
+    let mut gap = crate::testing::idempotent_batch(9, 0, 10, 2);
+    assert!(log.append(&mut gap, 0, 0).is_err());
+}
+
+#[test]
+fn a_sync_target_taken_before_a_truncation_marks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    append_two_record_batches(&mut log, 5, 0);
+    let stale = log.sync_target();
+    log.truncate_to(4).unwrap();
+    append_two_record_batches(&mut log, 3, 0);
+    stale.sync().unwrap();
+    log.mark_synced(stale.offset_end, stale.generation);
+    assert_eq!(log.synced_offset(), 0, "the stale target is ignored");
+    let fresh = log.sync_target();
+    fresh.sync().unwrap();
+    log.mark_synced(fresh.offset_end, fresh.generation);
+    assert_eq!(log.synced_offset(), 10);
+}
+
+#[test]
+fn reset_to_empties_the_log_and_starts_it_at_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(300, 0)).unwrap();
+    append_two_record_batches(&mut log, 8, 2);
+    log.flush().unwrap();
+    log.reset_to(100).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 100));
+    assert!(log.leader_epochs().is_empty());
+    assert_eq!(segment_log_files(dir.path()).len(), 1);
+    append_two_record_batches(&mut log, 1, 4);
+    drop(log);
+    let log = Log::open(dir.path(), config(300, 0)).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 102));
+    assert_eq!(epoch_pairs(&log), [(4, 100)]);
+    // truncate_to below the log start is a reset too.
+    let mut log = log;
+    assert_eq!(log.truncate_to(50).unwrap(), 50);
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (50, 50));
 }

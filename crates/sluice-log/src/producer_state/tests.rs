@@ -2,6 +2,7 @@ use super::*;
 use crate::batch::MAGIC_V2;
 use crate::log::{Log, LogConfig};
 use crate::testing;
+use crate::testing::idempotent_batch;
 
 fn header(
     producer_id: i64,
@@ -213,22 +214,6 @@ fn only_the_newest_two_snapshots_are_kept_and_later_ones_are_dropped_on_load() {
     let loaded = load_snapshot(dir.path(), 25).unwrap();
     assert_eq!(loaded.corrupt, 1);
     assert!(loaded.state.is_none());
-}
-
-/// A real batch of `records` records stamped with producer id, epoch and base sequence.
-pub fn idempotent_batch(
-    producer_id: i64,
-    epoch: i16,
-    base_sequence: i32,
-    records: usize,
-) -> Vec<u8> {
-    let mut bytes = testing::batch(records, 10, 1_000);
-    bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
-    bytes[51..53].copy_from_slice(&epoch.to_be_bytes());
-    bytes[53..57].copy_from_slice(&base_sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&bytes[21..]);
-    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
-    bytes
 }
 
 fn append(

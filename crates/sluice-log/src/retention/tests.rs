@@ -319,10 +319,10 @@ fn in_flight_reads_and_sync_targets_survive_segment_deletion() {
     // The unlinked file still serves exactly the original batch, and fsync works.
     assert_eq!(slice.read_to_vec().unwrap(), stored[0].bytes);
     target.sync().unwrap();
-    log.mark_synced(target.offset_end);
+    log.mark_synced(target.offset_end, target.generation);
     let after = log.sync_target();
     after.sync().unwrap();
-    log.mark_synced(after.offset_end);
+    log.mark_synced(after.offset_end, after.generation);
     // Checkpoints only touch the remaining segment.
     log.checkpoint().unwrap();
     assert_eq!(log.synced_offset(), 15);
