@@ -799,10 +799,8 @@ impl Log {
             });
         }
         self.truncations += 1;
-        let fresh = Segment::create(&self.dir, offset).map_err(|error| {
-            Segment::remove_failed_create(&self.dir, offset);
-            error
-        })?;
+        let fresh = Segment::create(&self.dir, offset)
+            .inspect_err(|_| Segment::remove_failed_create(&self.dir, offset))?;
         let old: Vec<i64> = self
             .segments
             .drain(..)
