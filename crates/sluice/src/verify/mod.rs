@@ -53,6 +53,13 @@ const OBSERVE_TIMEOUT_MS: u64 = 30_000;
 const CLIENT_REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// Consecutive poll errors after which the group consumer is recreated.
 const CONSUMER_ERRORS_MAX: u32 = 20;
+/// How long the group consumer may take, after the load stopped, to commit up to the
+/// high watermarks.
+const CONSUMER_DRAIN_TIMEOUT_MS: u64 = 60_000;
+/// Broker settings of every run (before `--broker-arg`, which overrides them): the group
+/// consumer joins at once instead of waiting out Kafka's 3 s initial rebalance delay
+/// after each restart.
+const DEFAULT_BROKER_SETTINGS: &[(&str, &str)] = &[("group.initial.rebalance.delay.ms", "0")];
 
 #[derive(Args)]
 #[command(
@@ -158,6 +165,9 @@ struct Shared {
     clock: AtomicU64,
     history: Mutex<History>,
     stop: AtomicBool,
+    /// Set once the producers are closed: the high watermarks the group consumer reads
+    /// and commits up to before it stops.
+    drain_to: Mutex<Option<BTreeMap<i32, i64>>>,
 }
 
 impl Shared {
@@ -173,6 +183,13 @@ impl Shared {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    fn drain_to(&self) -> Option<BTreeMap<i32, i64>> {
+        self.drain_to
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -215,7 +232,11 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         format!("127.0.0.1:{port}"),
         work_dir.join("log"),
         work_dir.join("broker.log"),
-        args.broker_args.clone(),
+        DEFAULT_BROKER_SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(args.broker_args.iter().cloned())
+            .collect(),
     );
     let outcome = tokio::select! {
         outcome = execute(&args, &mut broker, &work_dir, seed, run_id) => outcome,
@@ -237,7 +258,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     };
     let (report, faults, info) = outcome?;
     let clean = report.is_clean();
-    print_summary(&args, &report, &faults, &info, &work_dir, seed)?;
+    print_summary(&args, &report, &faults, &info, &work_dir, info.seed)?;
     if clean {
         if default_dir && !args.keep_data {
             if let Err(error) = std::fs::remove_dir_all(&work_dir) {
@@ -285,6 +306,7 @@ async fn execute(
             clock: AtomicU64::new(u64::MAX / 2),
             history: Mutex::new(history),
             stop: AtomicBool::new(true),
+            drain_to: Mutex::new(None),
         });
         broker
             .start(start_timeout)
@@ -326,6 +348,7 @@ async fn execute(
         clock: AtomicU64::new(0),
         history: Mutex::new(History::new(info.clone())),
         stop: AtomicBool::new(false),
+        drain_to: Mutex::new(None),
     });
     let mut producers = Vec::new();
     for index in 0..args.producers {
@@ -392,6 +415,8 @@ async fn execute(
     for producer in producers {
         producer.await.context("a producer task failed")??;
     }
+    let high_watermarks = high_watermarks(&bootstrap, &topic, args.partitions).await?;
+    *shared.drain_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(high_watermarks);
     consumer.await.context("the consumer task failed")?;
     observe(&shared, &bootstrap, "after the load").await;
     broker.kill().await?;
@@ -543,7 +568,30 @@ async fn consume(shared: Arc<Shared>, bootstrap: String) {
         enable_auto_commit: false,
         ..ConsumerOptions::default()
     };
-    while !shared.stopped() {
+    let drain_deadline = Mutex::new(None::<Instant>);
+    // Runs until the load stopped and the commits reached the high watermarks it left
+    // (or the drain timed out).
+    let done = |committed: &BTreeMap<i32, i64>| -> bool {
+        if !shared.stopped() {
+            return false;
+        }
+        let Some(targets) = shared.drain_to() else {
+            return false;
+        };
+        let mut deadline = drain_deadline.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = deadline.get_or_insert_with(|| {
+            Instant::now() + Duration::from_millis(CONSUMER_DRAIN_TIMEOUT_MS)
+        });
+        if Instant::now() >= *deadline {
+            tracing::warn!("the group consumer did not commit up to the high watermarks in time");
+            return true;
+        }
+        targets
+            .iter()
+            .all(|(p, hw)| *hw == 0 || committed.get(p).is_some_and(|c| c >= hw))
+    };
+    let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+    while !done(&committed) {
         let mut consumer = match Consumer::connect(&bootstrap, options.clone()).await {
             Ok(consumer) => consumer,
             Err(error) => {
@@ -558,9 +606,29 @@ async fn consume(shared: Arc<Shared>, bootstrap: String) {
             continue;
         }
         let mut errors = 0u32;
-        while !shared.stopped() && errors < CONSUMER_ERRORS_MAX {
+        while !done(&committed) && errors < CONSUMER_ERRORS_MAX {
             match consumer.poll(Duration::from_millis(500)).await {
-                Ok(records) if records.is_empty() => errors = 0,
+                Ok(records) if records.is_empty() => {
+                    errors = 0;
+                    // Draining with nothing left to read: commit the positions, in case
+                    // the last commit's answer was lost in a crash.
+                    if shared.drain_to().is_some() {
+                        let positions = consumer.positions();
+                        if !positions.is_empty() && consumer.commit_sync().await.is_ok() {
+                            let tick = shared.tick();
+                            let mut history = shared.history();
+                            for (tp, offset) in positions {
+                                let best = committed.entry(tp.partition).or_insert(offset);
+                                *best = (*best).max(offset);
+                                history.commits.push(Commit {
+                                    partition: tp.partition,
+                                    offset,
+                                    tick,
+                                });
+                            }
+                        }
+                    }
+                }
                 Ok(records) => {
                     errors = 0;
                     match consumer.commit_records(&records).await {
@@ -573,6 +641,8 @@ async fn consume(shared: Arc<Shared>, bootstrap: String) {
                             }
                             let mut history = shared.history();
                             for (partition, offset) in ends {
+                                let best = committed.entry(partition).or_insert(offset);
+                                *best = (*best).max(offset);
                                 history.commits.push(Commit {
                                     partition,
                                     offset,
@@ -636,6 +706,23 @@ async fn observe(shared: &Shared, bootstrap: &str, when: &str) -> bool {
     }
 }
 
+/// The high watermark of every partition of `topic` (ListOffsets LATEST).
+async fn high_watermarks(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let mut admin = admin(bootstrap).await?;
+    let wanted: Vec<(String, i32)> = (0..partitions).map(|p| (topic.to_string(), p)).collect();
+    Ok(admin
+        .list_offsets(&wanted, LATEST)
+        .await
+        .context("reading the high watermarks")?
+        .into_iter()
+        .map(|((_, partition), offset)| (partition, offset))
+        .collect())
+}
+
 /// Reads every partition from offset 0 to its high watermark (as ListOffsets reports it
 /// now) with a group-less SDK consumer.
 async fn read_all(
@@ -643,16 +730,7 @@ async fn read_all(
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<(Vec<ReadRecord>, BTreeMap<i32, i64>)> {
-    let mut admin = admin(bootstrap).await?;
-    let wanted: Vec<(String, i32)> = (0..partitions).map(|p| (topic.to_string(), p)).collect();
-    let high_watermarks: BTreeMap<i32, i64> = admin
-        .list_offsets(&wanted, LATEST)
-        .await
-        .context("reading the high watermarks")?
-        .into_iter()
-        .map(|((_, partition), offset)| (partition, offset))
-        .collect();
-    drop(admin);
+    let high_watermarks = high_watermarks(bootstrap, topic, partitions).await?;
     let options = ConsumerOptions {
         client_id: "sluice-verify-reader".to_string(),
         auto_offset_reset: AutoOffsetReset::None,
