@@ -264,7 +264,7 @@ pub fn check(
     }
 
     // 4. Duplicates.
-    let mut duplicated: Vec<(&(u32, u64), &Vec<(i32, i64)>)> = copies
+    let mut duplicated: Vec<_> = copies
         .iter()
         .filter(|(_, places)| places.len() > 1)
         .collect();
