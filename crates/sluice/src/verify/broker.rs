@@ -39,6 +39,8 @@ pub enum BrokerError {
         signal: &'static str,
         source: std::io::Error,
     },
+    #[error("the broker exited on its own ({status}); its output is in {log}")]
+    Died { status: String, log: String },
     #[error("waiting for the broker to exit: {0}")]
     Wait(std::io::Error),
 }
@@ -145,6 +147,24 @@ impl BrokerProcess {
                 });
             }
             tokio::time::sleep(Duration::from_millis(PROBE_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Fails if the broker exited without being told to (a crash of its own).
+    pub fn check_alive(&mut self) -> Result<(), BrokerError> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                Err(BrokerError::Died {
+                    status: status.to_string(),
+                    log: self.log_name(),
+                })
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(BrokerError::Wait(error)),
         }
     }
 

@@ -211,6 +211,7 @@ pub fn check(
     // 3. Phantoms, and an index of what is where.
     let mut at: HashMap<(i32, i64), (u32, u64)> = HashMap::with_capacity(reads.len());
     let mut copies: HashMap<(u32, u64), Vec<(i32, i64)>> = HashMap::with_capacity(reads.len());
+    let mut phantoms: BTreeSet<(i32, i64)> = BTreeSet::new();
     for read in reads {
         let phantom = |reason: String| Violation::Phantom {
             partition: read.partition,
@@ -218,11 +219,13 @@ pub fn check(
             reason,
         };
         let Some(value) = read.value.as_deref() else {
+            phantoms.insert((read.partition, read.offset));
             report.phantom += 1;
             report.push(phantom("a record without a value".into()));
             continue;
         };
         let Some((run_id, producer, seq)) = parse_value(value) else {
+            phantoms.insert((read.partition, read.offset));
             report.phantom += 1;
             report.push(phantom(format!(
                 "malformed value {:?}",
@@ -252,6 +255,7 @@ pub fn check(
             }
         };
         if let Some(reason) = reason {
+            phantoms.insert((read.partition, read.offset));
             report.phantom += 1;
             report.push(phantom(reason));
             continue;
@@ -300,11 +304,7 @@ pub fn check(
                             format!("the high watermark is {hw}")
                         }
                         None => "the partition does not exist".to_string(),
-                        Some(_)
-                            if reads.iter().any(|r| {
-                                r.partition == ack.partition && r.offset == ack.offset
-                            }) =>
-                        {
+                        Some(_) if phantoms.contains(&(ack.partition, ack.offset)) => {
                             "that offset holds a phantom record".to_string()
                         }
                         Some(_) => "no record was read at that offset".to_string(),

@@ -368,6 +368,9 @@ async fn execute(
     for round in 1..=args.rounds {
         let uptime_ms = rng.between(args.min_uptime_ms, args.max_uptime_ms);
         tokio::time::sleep(Duration::from_millis(uptime_ms)).await;
+        broker
+            .check_alive()
+            .with_context(|| format!("before the fault of round {round}"))?;
         let (acked, failed) = {
             let history = shared.history();
             (history.acks.len(), history.failures.len())
@@ -412,6 +415,7 @@ async fn execute(
         started.elapsed().as_secs_f64()
     );
     shared.stop.store(true, Ordering::SeqCst);
+    broker.check_alive().context("after the last round")?;
     for producer in producers {
         producer.await.context("a producer task failed")??;
     }
@@ -419,6 +423,7 @@ async fn execute(
     *shared.drain_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(high_watermarks);
     consumer.await.context("the consumer task failed")?;
     observe(&shared, &bootstrap, "after the load").await;
+    broker.check_alive().context("after the load")?;
     broker.kill().await?;
     broker
         .start(start_timeout)
