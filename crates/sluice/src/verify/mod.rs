@@ -63,7 +63,7 @@ const DEFAULT_BROKER_SETTINGS: &[(&str, &str)] = &[("group.initial.rebalance.del
 
 #[derive(Args)]
 #[command(
-    after_help = "Exit codes:\n  0  clean: no violation\n  1  the run could not be completed (e.g. the broker did not restart)\n  2  usage error\n  5  a violation was found (lost, duplicated, out of order, phantom, commit regression)"
+    after_help = "Exit codes:\n  0  clean: no violation\n  1  the run could not be completed (the broker did not restart, or exited on its own)\n  2  usage error\n  5  a violation was found (lost, duplicated, out of order, phantom, commit regression)"
 )]
 pub struct VerifyArgs {
     /// The `sluice` binary to run as the broker [default: this executable].
@@ -888,4 +888,29 @@ fn print_summary(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_reproduces_the_schedule_within_its_bounds() {
+        let draw = |seed| {
+            let mut rng = SplitMix(seed);
+            (0..200)
+                .map(|_| (rng.between(300, 3_000), rng.chance(0.3)))
+                .collect::<Vec<_>>()
+        };
+        let schedule = draw(2026);
+        assert_eq!(schedule, draw(2026));
+        assert_ne!(schedule, draw(2027));
+        assert!(schedule.iter().all(|(ms, _)| (300..=3_000).contains(ms)));
+        let stops = schedule.iter().filter(|(_, stop)| *stop).count();
+        assert!((20..=100).contains(&stops), "{stops} of 200 with p = 0.3");
+        let mut rng = SplitMix(1);
+        assert_eq!(rng.between(5, 5), 5);
+        assert_eq!(rng.between(9, 3), 9);
+        assert!((0..100).all(|_| !rng.chance(0.0) && rng.chance(1.0)));
+    }
 }
