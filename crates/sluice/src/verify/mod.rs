@@ -430,7 +430,19 @@ async fn execute(
         .await
         .context("restarting the broker after the final SIGKILL")?;
     eprintln!("verify: final SIGKILL and restart done; reading everything back");
-    let report = finish(&shared, broker, "after the final restart").await?;
+    let report = match finish(&shared, broker, "after the final restart").await {
+        Ok(report) => report,
+        Err(error) => {
+            // Keep what the run recorded, so that `--check-only` can retry the check.
+            let path = args
+                .history
+                .clone()
+                .unwrap_or_else(|| work_dir.join("history.jsonl"));
+            shared.history().save(&path)?;
+            eprintln!("verify: history written to {}", path.display());
+            return Err(error);
+        }
+    };
     if let Some(path) = &args.history {
         shared.history().save(path)?;
     }
@@ -747,20 +759,21 @@ async fn read_all(
         .map(|p| TopicPartition::new(topic, p))
         .collect();
     consumer.assign(assignment.clone())?;
+    // Every partition gets a position (an empty one too: a partition without one would
+    // make `poll` look for a committed offset); those with nothing to read are paused.
     let mut pending = Vec::new();
+    let mut empty = Vec::new();
     for tp in &assignment {
+        consumer.seek(tp, 0)?;
         if high_watermarks.get(&tp.partition).copied().unwrap_or(0) > 0 {
-            consumer.seek(tp, 0)?;
             pending.push(tp.clone());
+        } else {
+            empty.push(tp.clone());
         }
     }
-    consumer.pause(
-        &assignment
-            .iter()
-            .filter(|tp| !pending.contains(tp))
-            .cloned()
-            .collect::<Vec<_>>(),
-    )?;
+    if !empty.is_empty() {
+        consumer.pause(&empty)?;
+    }
     let mut reads = Vec::new();
     let mut last_progress = Instant::now();
     while !pending.is_empty() {
