@@ -154,3 +154,31 @@ def test_partitions_without_records_are_checked_too(tmp_root):
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     s = summary(proc)
     assert s["clean"] is True and s["acked"] > 0 and s["records_read"] == s["acked"]
+
+
+def test_check_only_catches_lost_offset_commits(tmp_root):
+    data_dir = tmp_root / "run"
+    history = tmp_root / "history.jsonl"
+    proc = verify("--rounds", "2", "--rate", "300", "--stop-ratio", "0",
+                  "--max-uptime-ms", "800", "--data-dir", str(data_dir),
+                  "--history", str(history), "-o", "json")
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    run = summary(proc)
+    assert run["commits"] > 0
+    # The group's commits live in one __consumer_offsets partition: cut its log in half,
+    # so the broker reloads older commits than it acknowledged.
+    offsets_logs = [f for d in (data_dir / "log").iterdir()
+                    if d.name.startswith("__consumer_offsets-") for f in d.glob("*.log")]
+    largest = max(offsets_logs, key=lambda f: f.stat().st_size)
+    assert largest.stat().st_size > 0
+    with open(largest, "r+b") as f:
+        f.truncate(largest.stat().st_size // 2)
+
+    proc = verify("--check-only", "--data-dir", str(data_dir), "--history", str(history),
+                  "-o", "json")
+    assert proc.returncode == EXIT_VIOLATION, (
+        f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    damaged = summary(proc)
+    assert damaged["commit_regressions"] > 0
+    assert damaged["lost"] == 0, "the topic itself was not damaged"
+    assert any(v["kind"] == "commit_regression" for v in damaged["first_violations"])
