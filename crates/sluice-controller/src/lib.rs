@@ -1,0 +1,20 @@
+//! `sluice-controller`: the metadata quorum of a Sluice cluster.
+//!
+//! A Raft-replicated log (on `openraft`) of metadata records (broker registrations, topics,
+//! partition assignment, leaders, ISR, leader epochs, configs, producer id blocks) applied
+//! by every controller to an identical [`MetadataImage`]. Brokers talk to it through
+//! [`Controller`]: `propose` a [`ControllerRequest`], watch the image.
+//!
+//! Architecture invariant: this crate knows nothing of record batches, partitions' data or
+//! the Kafka wire protocol (it only borrows Kafka's error codes).
+
+pub mod control;
+pub mod error;
+pub mod image;
+pub mod placement;
+pub mod records;
+
+pub use control::{ControllerRequest, ControllerResponse};
+pub use error::{ApiError, ControllerError};
+pub use image::MetadataImage;
+pub use records::{MetadataBatch, MetadataRecord};
