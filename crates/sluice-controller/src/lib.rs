@@ -18,3 +18,24 @@ pub use control::{ControllerRequest, ControllerResponse};
 pub use error::{ApiError, ControllerError};
 pub use image::MetadataImage;
 pub use records::{MetadataBatch, MetadataRecord};
+pub mod storage;
+
+/// Raft node id of a controller (Kafka's `node.id`).
+pub type NodeId = u64;
+
+/// What applying one raft entry returns to the proposer: its log index (the broker epoch of
+/// a RegisterBroker record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApplyResult {
+    pub index: u64,
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the metadata quorum.
+    pub TypeConfig:
+        D = MetadataBatch,
+        R = ApplyResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
