@@ -39,3 +39,9 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         SnapshotData = std::io::Cursor<Vec<u8>>,
 );
+pub mod config;
+mod controller;
+mod network;
+
+pub use config::{parse_voters, ControllerConfig, METADATA_DIR_NAME};
+pub use controller::{Controller, ControllerMetrics};
