@@ -80,8 +80,9 @@ pub fn assign_replicas(
     let start_index = seed % broker_count;
     let mut next_replica_shift = (seed / broker_count) % broker_count;
     let mut assignment = Vec::with_capacity(usize::try_from(partition_count).unwrap_or(0));
-    let mut current = usize::try_from(first_partition.max(0)).unwrap_or(0);
-    for _ in 0..partition_count {
+    let first = usize::try_from(first_partition.max(0)).unwrap_or(0);
+    let count = usize::try_from(partition_count).unwrap_or(0);
+    for current in first..first + count {
         if current > 0 && current % broker_count == 0 {
             next_replica_shift += 1;
         }
@@ -114,7 +115,6 @@ pub fn assign_replicas(
             );
         }
         assignment.push(replicas);
-        current += 1;
     }
     Ok(assignment)
 }

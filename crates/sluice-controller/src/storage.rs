@@ -66,7 +66,15 @@ enum LogFrame {
     Purged(LogId<NodeId>),
 }
 
-fn encode_frame(frame: &LogFrame, out: &mut Vec<u8>) -> io::Result<()> {
+/// The borrowed twin of [`LogFrame`], serialized identically (same variant names), so that
+/// appending does not have to clone entries.
+#[derive(Serialize)]
+enum LogFrameRef<'a> {
+    Entry(&'a Entry<TypeConfig>),
+    Purged(&'a LogId<NodeId>),
+}
+
+fn encode_frame(frame: &LogFrameRef<'_>, out: &mut Vec<u8>) -> io::Result<()> {
     let payload = serde_json::to_vec(frame).map_err(json_error)?;
     if payload.len() > LOG_FRAME_BYTES_MAX {
         return Err(io::Error::new(
@@ -204,11 +212,7 @@ impl LogInner {
         let mut placed = Vec::with_capacity(entries.len());
         for entry in entries {
             let offset = self.file_len_bytes + buffer.len() as u64;
-            let frame = LogFrame::Entry(entry);
-            encode_frame(&frame, &mut buffer)?;
-            let LogFrame::Entry(entry) = frame else {
-                unreachable!("just built an Entry frame")
-            };
+            encode_frame(&LogFrameRef::Entry(&entry), &mut buffer)?;
             placed.push((entry, offset));
         }
         self.file.write_all(&buffer)?;
@@ -222,36 +226,37 @@ impl LogInner {
 
     /// Remove entries at `index` and after, from memory and from the file.
     fn truncate(&mut self, index: u64) -> io::Result<()> {
-        let removed = self.entries.split_off(&index);
-        if let Some((_, offset)) = removed.values().next() {
-            self.file.set_len(*offset)?;
+        // The file is cut first: memory changes only once the disk agrees.
+        if let Some((_, (_, offset))) = self.entries.range(index..).next() {
+            let offset = *offset;
+            self.file.set_len(offset)?;
             self.file.sync_all()?;
-            self.file_len_bytes = *offset;
+            self.file_len_bytes = offset;
         }
+        self.entries.split_off(&index);
         Ok(())
     }
 
     /// Forget entries up to and including `log_id`; rewrite the log without them.
     fn purge(&mut self, log_id: LogId<NodeId>) -> io::Result<()> {
-        self.entries = self.entries.split_off(&(log_id.index + 1));
-        self.last_purged = Some(log_id);
         let mut buffer = Vec::new();
-        encode_frame(&LogFrame::Purged(log_id), &mut buffer)?;
-        let mut rewritten = BTreeMap::new();
-        for (index, (entry, _)) in std::mem::take(&mut self.entries) {
-            let offset = buffer.len() as u64;
-            let frame = LogFrame::Entry(entry);
-            encode_frame(&frame, &mut buffer)?;
-            let LogFrame::Entry(entry) = frame else {
-                unreachable!("just built an Entry frame")
-            };
-            rewritten.insert(index, (entry, offset));
+        encode_frame(&LogFrameRef::Purged(&log_id), &mut buffer)?;
+        let mut offsets = Vec::new();
+        for (index, (entry, _)) in self.entries.range(log_id.index + 1..) {
+            offsets.push((*index, buffer.len() as u64));
+            encode_frame(&LogFrameRef::Entry(entry), &mut buffer)?;
         }
         let path = self.dir.join(LOG_FILE);
         write_atomic(&path, &buffer)?;
         self.file = OpenOptions::new().read(true).append(true).open(&path)?;
         self.file_len_bytes = buffer.len() as u64;
-        self.entries = rewritten;
+        self.entries = self.entries.split_off(&(log_id.index + 1));
+        for (index, offset) in offsets {
+            if let Some(slot) = self.entries.get_mut(&index) {
+                slot.1 = offset;
+            }
+        }
+        self.last_purged = Some(log_id);
         Ok(())
     }
 }
