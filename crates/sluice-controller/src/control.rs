@@ -51,6 +51,20 @@ pub enum ControllerRequest {
         assignments: Vec<Vec<i32>>,
         configs: BTreeMap<String, String>,
     },
+    /// Adopt a topic that already exists on a broker's disk, keeping its id (migration of
+    /// single-node data into the quorum on the first start with a controller).
+    ImportTopic {
+        name: String,
+        topic_id: Uuid,
+        /// Replicas per partition (preferred leader first).
+        assignments: Vec<Vec<i32>>,
+        configs: BTreeMap<String, String>,
+    },
+    /// Never hand out producer ids below `next_producer_id` (migration of the single-node
+    /// producer id counter).
+    RaiseProducerIdFloor {
+        next_producer_id: i64,
+    },
     DeleteTopic {
         name: String,
     },
@@ -201,6 +215,42 @@ pub fn plan(
             new_topic_id,
             seed,
         ),
+        ControllerRequest::ImportTopic {
+            name,
+            topic_id,
+            assignments,
+            configs,
+        } => {
+            if assignments.is_empty() {
+                return Err(ApiError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    "an imported topic needs its replica assignment",
+                ));
+            }
+            create_topic(
+                image,
+                config,
+                name,
+                -1,
+                -1,
+                assignments,
+                configs,
+                *topic_id,
+                seed,
+            )
+        }
+        ControllerRequest::RaiseProducerIdFloor { next_producer_id } => {
+            let records = if image.next_producer_id < *next_producer_id {
+                vec![MetadataRecord::ProducerIds {
+                    broker_id: -1,
+                    broker_epoch: -1,
+                    next_producer_id: *next_producer_id,
+                }]
+            } else {
+                Vec::new()
+            };
+            Ok(Plan::new(records, ControllerResponse::Done))
+        }
         ControllerRequest::DeleteTopic { name } => {
             let topic = image
                 .topic_by_name(name)
@@ -1227,6 +1277,40 @@ mod tests {
         for p in &image.topics[&topic_id].partitions {
             assert_eq!(p.leader, p.replicas[0]);
         }
+    }
+
+    #[test]
+    fn imported_topic_keeps_its_id_and_producer_floor_only_rises() {
+        let mut image = image_with_brokers(&[1]);
+        let topic_id = Uuid::from_u128(0xabc);
+        let response = run!(
+            image,
+            ControllerRequest::ImportTopic {
+                name: "old".into(),
+                topic_id,
+                assignments: vec![vec![1], vec![1]],
+                configs: BTreeMap::from([("retention.ms".into(), "1000".into())]),
+            }
+        )
+        .unwrap();
+        assert_eq!(response, ControllerResponse::TopicCreated { topic_id });
+        assert_eq!(image.topics[&topic_id].partitions.len(), 2);
+        assert_eq!(image.topic_config("old", "retention.ms"), Some("1000"));
+        run!(
+            image,
+            ControllerRequest::RaiseProducerIdFloor {
+                next_producer_id: 5000
+            }
+        )
+        .unwrap();
+        run!(
+            image,
+            ControllerRequest::RaiseProducerIdFloor {
+                next_producer_id: 10
+            }
+        )
+        .unwrap();
+        assert_eq!(image.next_producer_id, 5000);
     }
 
     #[test]
