@@ -392,8 +392,24 @@ async fn three_nodes_with_two_down_refuse_writes_and_resume_when_one_returns() {
 
     cluster.start_node(stopped[0]).await;
     cluster.wait_for_leader().await;
-    // The refused request may or may not have been kept; new writes go through.
-    let topic_id = create(cluster.node(remaining), "quorum-back", 1, 1).await;
+    // The refused request may or may not have been kept; new writes go through (retried:
+    // the short request timeout of this test may end while the returning node catches up).
+    let mut created = None;
+    for _ in 0..40 {
+        match cluster
+            .node(remaining)
+            .propose(create_topic("quorum-back", 1, 1))
+            .await
+        {
+            Ok(ControllerResponse::TopicCreated { topic_id }) => {
+                created = Some(topic_id);
+                break;
+            }
+            Err(ControllerError::Timeout { .. }) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let topic_id = created.expect("writes did not resume");
     cluster
         .wait_converged(|i| i.topics.contains_key(&topic_id))
         .await;
@@ -402,7 +418,7 @@ async fn three_nodes_with_two_down_refuse_writes_and_resume_when_one_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_broker_session_fences_the_broker_and_moves_its_leaders() {
-    let cluster = Cluster::start_with(3, 5_000, 1_000).await;
+    let cluster = Cluster::start_with(3, 5_000, 2_000).await;
     let leader = cluster.wait_for_leader().await;
     let node = cluster.node(cluster.follower(leader)).clone();
     let mut epochs = BTreeMap::new();
@@ -433,21 +449,27 @@ async fn expired_broker_session_fences_the_broker_and_moves_its_leaders() {
                 for broker in [2, 3] {
                     let _ = heartbeat(&node, broker, epochs[&broker]).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
-    let after = cluster.wait_converged(|i| i.brokers[&1].fenced).await;
+    // (A heartbeat delayed past the session on a loaded machine fences 2 or 3 for a moment;
+    // their next heartbeat unfences them, so wait for the steady state.)
+    let after = cluster
+        .wait_converged(|i| i.brokers[&1].fenced && !i.brokers[&2].fenced && !i.brokers[&3].fenced)
+        .await;
     running.store(false, Ordering::Relaxed);
     beating.await.unwrap();
-    assert!(!after.brokers[&2].fenced && !after.brokers[&3].fenced);
     for (index, partition) in after.topics[&topic_id].partitions.iter().enumerate() {
         assert_ne!(partition.leader, 1);
         assert_ne!(partition.leader, NO_LEADER);
         assert!(!partition.isr.contains(&1));
         if led_by_1.contains(&index) {
             let old = &before.topics[&topic_id].partitions[index];
-            assert_eq!(partition.leader_epoch, old.leader_epoch + 1);
+            assert!(
+                partition.leader_epoch > old.leader_epoch,
+                "a new leader gets a new epoch"
+            );
         }
     }
     // Broker 1 returns: heartbeat unfences it (it rejoins ISRs through AlterPartition).
