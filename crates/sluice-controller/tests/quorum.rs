@@ -395,10 +395,12 @@ async fn three_nodes_with_two_down_refuse_writes_and_resume_when_one_returns() {
     // The refused request may or may not have been kept; new writes go through (retried:
     // the short request timeout of this test may end while the returning node catches up).
     let mut created = None;
-    for _ in 0..40 {
+    for attempt in 0..40 {
+        // A fresh name per attempt: a timed-out attempt may still have committed.
+        let name = format!("quorum-back-{attempt}");
         match cluster
             .node(remaining)
-            .propose(create_topic("quorum-back", 1, 1))
+            .propose(create_topic(&name, 1, 1))
             .await
         {
             Ok(ControllerResponse::TopicCreated { topic_id }) => {
