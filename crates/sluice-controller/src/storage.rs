@@ -6,8 +6,10 @@
 //!   a rewritten log). Appends are fsynced before openraft is told they are durable.
 //!   Truncation of conflicting entries cuts the file at the first removed entry. Purging
 //!   (after a snapshot) rewrites the file through a temporary file and a rename.
-//! - `vote.json`, `committed.json`: the last vote and committed log id, replaced atomically
-//!   (temporary file, fsync, rename, fsync of the directory).
+//! - `vote.json`: the last vote, replaced atomically (temporary file, fsync, rename, fsync of
+//!   the directory) before any vote is answered.
+//! - `committed.json`: the last known commit index, a hint replaced by rename without fsync
+//!   (an unreadable one is ignored).
 //! - `snapshot.json`: the latest snapshot (meta + metadata image), replaced atomically.
 //!
 //! Recovery reads `raft.log` front to back and stops at the first frame that is incomplete,
@@ -138,6 +140,27 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Replace `path` by rename but without fsync: for `committed.json`, which is only a hint
+/// (it lets a restarted node apply committed entries before it hears from a leader). It is
+/// written on every commit, so two fsyncs each time would be pure cost; if it is lost or
+/// torn by a power failure, [`read_committed_hint`] treats it as absent and the node learns
+/// the commit index from the leader as usual.
+fn write_hint(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}
+
+fn read_committed_hint(path: &Path) -> Option<LogId<NodeId>> {
+    match read_json_file::<Option<LogId<NodeId>>>(path) {
+        Ok(committed) => committed.flatten(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable committed index hint");
+            None
+        }
+    }
+}
+
 fn read_json_file<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(json_error),
@@ -203,7 +226,7 @@ impl LogInner {
             entries,
             last_purged,
             vote: read_json_file(&dir.join(VOTE_FILE))?,
-            committed: read_json_file(&dir.join(COMMITTED_FILE))?,
+            committed: read_committed_hint(&dir.join(COMMITTED_FILE)),
         })
     }
 
@@ -340,7 +363,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         let bytes = serde_json::to_vec(&committed)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, json_error(e)))?;
-        write_atomic(&inner.dir.join(COMMITTED_FILE), &bytes)
+        write_hint(&inner.dir.join(COMMITTED_FILE), &bytes)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
         inner.committed = committed;
         Ok(())
@@ -699,6 +722,14 @@ mod tests {
         );
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id, None);
+    }
+
+    #[tokio::test]
+    async fn torn_committed_hint_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(COMMITTED_FILE), b"{\"leader_id\":").unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), None);
     }
 
     #[tokio::test]
