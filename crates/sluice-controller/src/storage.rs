@@ -724,6 +724,42 @@ mod tests {
         assert_eq!(state.last_log_id, None);
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the decoder, and whatever it accepts is a prefix.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let (frames, valid) = decode_frames(&bytes);
+            proptest::prop_assert!(valid <= bytes.len());
+            proptest::prop_assert!(frames.len() <= bytes.len() / FRAME_HEADER_BYTES);
+        }
+
+        /// Valid frames followed by garbage (a torn or overwritten tail): every whole frame
+        /// before the garbage is kept, in order.
+        #[test]
+        fn valid_prefix_survives_any_tail(
+            count in 0u64..8,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let mut bytes = Vec::new();
+            for index in 1..=count {
+                encode_frame(&LogFrameRef::Entry(&entry(1, index)), &mut bytes).unwrap();
+            }
+            let valid_len = bytes.len();
+            bytes.extend_from_slice(&tail);
+            let (frames, valid) = decode_frames(&bytes);
+            proptest::prop_assert!(valid >= valid_len);
+            let indexes: Vec<u64> = frames
+                .iter()
+                .filter_map(|(_, f)| match f {
+                    LogFrame::Entry(e) => Some(e.log_id.index),
+                    LogFrame::Purged(_) => None,
+                })
+                .take(count as usize)
+                .collect();
+            proptest::prop_assert_eq!(indexes, (1..=count).collect::<Vec<_>>());
+        }
+    }
+
     #[tokio::test]
     async fn torn_committed_hint_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
