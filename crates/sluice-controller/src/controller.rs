@@ -8,6 +8,7 @@
 //! get new leaders.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,123 @@ pub struct ControllerMetrics {
     pub last_applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub voters: Vec<NodeId>,
+    /// From this node's image.
+    pub brokers_registered: usize,
+    pub brokers_fenced: usize,
+    pub topics: usize,
+    pub partitions: usize,
+    /// Partitions without a leader (no eligible in-sync replica).
+    pub partitions_offline: usize,
+    /// Requests proposed through this node (including forwarded ones it sent on).
+    pub proposals_total: u64,
+    /// Of those, the ones that ended in an error (refused, timed out, shut down).
+    pub proposals_failed_total: u64,
+    /// Brokers this node fenced as leader because their session expired.
+    pub brokers_fenced_by_session_total: u64,
+}
+
+impl ControllerMetrics {
+    /// Append the metrics in Prometheus text format (`sluice_controller_*`).
+    pub fn write_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let node = self.node_id;
+        let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name}{{node_id=\"{node}\"}} {value}");
+        };
+        let optional = |value: Option<u64>| value.map_or(-1.0, |v| v as f64);
+        gauge(
+            "sluice_controller_is_leader",
+            "1 if this node is the active controller.",
+            "gauge",
+            f64::from(u8::from(self.is_leader)),
+        );
+        gauge(
+            "sluice_controller_leader_id",
+            "Node id of the active controller as this node knows it, -1 if none.",
+            "gauge",
+            optional(self.current_leader),
+        );
+        gauge(
+            "sluice_controller_term",
+            "Current raft term.",
+            "gauge",
+            self.current_term as f64,
+        );
+        gauge(
+            "sluice_controller_last_log_index",
+            "Index of the last metadata log entry, -1 if none.",
+            "gauge",
+            optional(self.last_log_index),
+        );
+        gauge(
+            "sluice_controller_last_applied_index",
+            "Index of the last applied metadata log entry, -1 if none.",
+            "gauge",
+            optional(self.last_applied_index),
+        );
+        gauge(
+            "sluice_controller_snapshot_index",
+            "Last index in the latest metadata snapshot, -1 if none.",
+            "gauge",
+            optional(self.snapshot_index),
+        );
+        gauge(
+            "sluice_controller_voters",
+            "Number of voters in the quorum.",
+            "gauge",
+            self.voters.len() as f64,
+        );
+        gauge(
+            "sluice_controller_brokers_registered",
+            "Registered brokers.",
+            "gauge",
+            self.brokers_registered as f64,
+        );
+        gauge(
+            "sluice_controller_brokers_fenced",
+            "Fenced brokers.",
+            "gauge",
+            self.brokers_fenced as f64,
+        );
+        gauge(
+            "sluice_controller_topics",
+            "Topics.",
+            "gauge",
+            self.topics as f64,
+        );
+        gauge(
+            "sluice_controller_partitions",
+            "Partitions.",
+            "gauge",
+            self.partitions as f64,
+        );
+        gauge(
+            "sluice_controller_partitions_offline",
+            "Partitions without a leader.",
+            "gauge",
+            self.partitions_offline as f64,
+        );
+        gauge(
+            "sluice_controller_proposals_total",
+            "Requests proposed through this node.",
+            "counter",
+            self.proposals_total as f64,
+        );
+        gauge(
+            "sluice_controller_proposals_failed_total",
+            "Proposals that ended in an error.",
+            "counter",
+            self.proposals_failed_total as f64,
+        );
+        gauge(
+            "sluice_controller_brokers_fenced_by_session_total",
+            "Brokers fenced by this node for an expired session.",
+            "counter",
+            self.brokers_fenced_by_session_total as f64,
+        );
+    }
 }
 
 /// The outcome of one attempt: retry (nothing was written) or finish.
@@ -61,8 +179,16 @@ struct SessionTracker {
     last_heartbeat: HashMap<i32, Instant>,
 }
 
+#[derive(Default)]
+struct Counters {
+    proposals_total: AtomicU64,
+    proposals_failed_total: AtomicU64,
+    brokers_fenced_by_session_total: AtomicU64,
+}
+
 struct Inner {
     node_id: NodeId,
+    counters: Counters,
     config: ControllerConfig,
     raft: Raft<TypeConfig>,
     image: watch::Receiver<Arc<MetadataImage>>,
@@ -127,6 +253,7 @@ impl Controller {
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             node_id: config.node_id,
+            counters: Counters::default(),
             config,
             raft,
             image,
@@ -159,6 +286,25 @@ impl Controller {
         request: ControllerRequest,
     ) -> Result<ControllerResponse, ControllerError> {
         let timeout_ms = self.inner.config.request_timeout_ms;
+        self.inner
+            .counters
+            .proposals_total
+            .fetch_add(1, Ordering::Relaxed);
+        let result = self.propose_until(request, timeout_ms).await;
+        if result.is_err() {
+            self.inner
+                .counters
+                .proposals_failed_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn propose_until(
+        &self,
+        request: ControllerRequest,
+        timeout_ms: u64,
+    ) -> Result<ControllerResponse, ControllerError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         loop {
             if *self.inner.shutdown.borrow() {
@@ -217,7 +363,19 @@ impl Controller {
 
     pub fn metrics(&self) -> ControllerMetrics {
         let metrics = self.inner.raft.metrics().borrow().clone();
+        let image = self.current_image();
+        let counters = &self.inner.counters;
         ControllerMetrics {
+            brokers_registered: image.brokers.len(),
+            brokers_fenced: image.brokers.values().filter(|b| b.fenced).count(),
+            topics: image.topics.len(),
+            partitions: image.topics.values().map(|t| t.partitions.len()).sum(),
+            partitions_offline: image.offline_partitions().len(),
+            proposals_total: counters.proposals_total.load(Ordering::Relaxed),
+            proposals_failed_total: counters.proposals_failed_total.load(Ordering::Relaxed),
+            brokers_fenced_by_session_total: counters
+                .brokers_fenced_by_session_total
+                .load(Ordering::Relaxed),
             node_id: self.inner.node_id,
             current_leader: metrics.current_leader,
             current_term: metrics.current_term,
@@ -608,7 +766,12 @@ async fn check_broker_sessions(inner: Arc<Inner>) {
                 })
                 .await;
             match attempt {
-                Attempt::Done(Ok(_)) => {}
+                Attempt::Done(Ok(_)) => {
+                    inner
+                        .counters
+                        .brokers_fenced_by_session_total
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 Attempt::Done(Err(e)) => {
                     tracing::warn!(broker_id, error = %e, "fencing an expired broker failed")
                 }

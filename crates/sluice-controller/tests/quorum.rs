@@ -474,6 +474,25 @@ async fn expired_broker_session_fences_the_broker_and_moves_its_leaders() {
             );
         }
     }
+    // Whoever led when the session expired counted the fencing.
+    let fenced_by_session: u64 = cluster
+        .nodes
+        .values()
+        .map(|n| n.metrics().brokers_fenced_by_session_total)
+        .sum();
+    assert!(fenced_by_session >= 1);
+    let leader = cluster.wait_for_leader().await;
+    let metrics = cluster.node(leader).metrics();
+    assert_eq!(metrics.brokers_registered, 3);
+    let mut text = String::new();
+    metrics.write_prometheus(&mut text);
+    assert!(
+        text.contains(&format!(
+            "sluice_controller_is_leader{{node_id=\"{leader}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE sluice_controller_proposals_total counter"));
     // Broker 1 returns: heartbeat unfences it (it rejoins ISRs through AlterPartition).
     let response = heartbeat(&node, 1, epochs[&1]).await.unwrap();
     assert_eq!(
