@@ -250,6 +250,7 @@ impl Controller {
         )
         .await
         .map_err(|e| ControllerError::Raft(e.to_string()))?;
+        warn_if_voters_differ(&raft, &config);
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             node_id: config.node_id,
@@ -406,6 +407,27 @@ impl Controller {
             let _ = task.await;
         }
         tracing::info!(node_id = self.inner.node_id, "controller stopped");
+    }
+}
+
+/// The quorum's membership lives in the log; `controller.quorum.voters` is only used to
+/// initialise it and to find peers. Changing the voters of an existing quorum is not
+/// supported (no membership change yet): say so rather than misbehave quietly.
+fn warn_if_voters_differ(raft: &Raft<TypeConfig>, config: &ControllerConfig) {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let stored: BTreeMap<NodeId, String> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, node)| (*id, node.addr.clone()))
+        .collect();
+    if !stored.is_empty() && stored != config.voters {
+        tracing::warn!(
+            stored = ?stored,
+            configured = ?config.voters,
+            "controller.quorum.voters differs from the voters stored in the metadata log; the stored ones are used"
+        );
     }
 }
 
