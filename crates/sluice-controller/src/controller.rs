@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kafka_protocol::ResponseError;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::net::{TcpListener, TcpStream};
@@ -313,10 +314,10 @@ impl Controller {
             }
             let attempt = match self.leader_id() {
                 Some(leader) if leader == self.inner.node_id => {
-                    let planned = request.clone();
-                    self.inner
-                        .propose_on_leader(deadline, move |image, config| {
-                            control::plan(image, config, &planned, Uuid::new_v4(), rand_seed())
+                    let inner = &self.inner;
+                    inner
+                        .propose_on_leader(deadline, |image, config| {
+                            inner.plan_request(image, config, &request)
                         })
                         .await
                 }
@@ -443,6 +444,43 @@ impl Inner {
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, SessionTracker> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Plan a request on the leader. Beyond the pure rules of [`control::plan`], this refuses
+    /// a registration with a new incarnation id while the registered incarnation is still
+    /// heartbeating (two processes configured with one broker id), as Kafka does with
+    /// DUPLICATE_BROKER_REGISTRATION; the restarted broker retries and gets in once the old
+    /// session expires.
+    fn plan_request(
+        &self,
+        image: &MetadataImage,
+        config: &control::ControlConfig,
+        request: &ControllerRequest,
+    ) -> Result<Plan, ApiError> {
+        if let ControllerRequest::RegisterBroker {
+            broker_id,
+            incarnation_id,
+            ..
+        } = request
+        {
+            if let Some(existing) = image.brokers.get(broker_id) {
+                let session = Duration::from_millis(self.config.broker_session_timeout_ms);
+                let other_alive = !existing.fenced
+                    && existing.incarnation_id != *incarnation_id
+                    && self
+                        .lock_sessions()
+                        .last_heartbeat
+                        .get(broker_id)
+                        .is_some_and(|last| last.elapsed() <= session);
+                if other_alive {
+                    return Err(ApiError::new(
+                        ResponseError::DuplicateBrokerRegistration,
+                        format!("broker {broker_id} is registered by another live incarnation"),
+                    ));
+                }
+            }
+        }
+        control::plan(image, config, request, Uuid::new_v4(), rand_seed())
     }
 
     /// Record a broker's liveness on the leader after a successful heartbeat/registration.
@@ -576,10 +614,9 @@ impl Inner {
         }
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
-        let planned = request.clone();
         let attempt = self
-            .propose_on_leader(deadline, move |image, config| {
-                control::plan(image, config, &planned, Uuid::new_v4(), rand_seed())
+            .propose_on_leader(deadline, |image, config| {
+                self.plan_request(image, config, &request)
             })
             .await;
         match attempt {

@@ -460,6 +460,18 @@ async fn expired_broker_session_fences_the_broker_and_moves_its_leaders() {
     let after = cluster
         .wait_converged(|i| i.brokers[&1].fenced && !i.brokers[&2].fenced && !i.brokers[&3].fenced)
         .await;
+    // Another process claiming a live (heartbeating) broker id is refused.
+    let register = |broker_id: i32| ControllerRequest::RegisterBroker {
+        broker_id,
+        incarnation_id: Uuid::new_v4(),
+        endpoints: vec![],
+        rack: None,
+    };
+    let err = node.propose(register(2)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        ResponseError::DuplicateBrokerRegistration.code()
+    );
     running.store(false, Ordering::Relaxed);
     beating.await.unwrap();
     for (index, partition) in after.topics[&topic_id].partitions.iter().enumerate() {
