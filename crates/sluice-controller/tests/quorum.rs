@@ -260,6 +260,14 @@ async fn single_node_initialises_itself_and_restarts_from_disk() {
     for i in 0..25 {
         create(&node, &format!("t{i}"), 1, 1).await;
     }
+    // Snapshots are built in the background: wait for one so the restart starts from it.
+    tokio::time::timeout(WAIT_BOUND, async {
+        while node.metrics().snapshot_index.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no snapshot was taken");
     let before = node.current_image();
     cluster.stop_node(1).await;
     cluster.start_node(1).await;
@@ -272,7 +280,7 @@ async fn single_node_initialises_itself_and_restarts_from_disk() {
     assert_eq!(after.brokers[&1].broker_epoch, epoch);
     assert!(
         node.metrics().snapshot_index.is_some(),
-        "a snapshot was taken"
+        "the snapshot is found again after the restart"
     );
     // And it keeps accepting writes.
     create(&node, "after-restart", 1, 1).await;
