@@ -97,7 +97,11 @@ fn encode_frame(frame: &LogFrameRef<'_>, out: &mut Vec<u8>) -> io::Result<()> {
 
 /// Decode frames from `bytes`; returns them with their start offsets, and the length of the
 /// valid prefix (everything after it is a torn tail).
-fn decode_frames(bytes: &[u8]) -> (Vec<(u64, LogFrame)>, usize) {
+///
+/// A frame whose checksum is right but whose payload does not decode is not a torn write:
+/// it was written whole by a program that understood it (a newer version, or a bug). Cutting
+/// it could drop committed entries, so that is an error and the node refuses to start.
+fn decode_frames(bytes: &[u8]) -> io::Result<(Vec<(u64, LogFrame)>, usize)> {
     let mut frames = Vec::new();
     let mut position = 0;
     while bytes.len() - position >= FRAME_HEADER_BYTES {
@@ -112,13 +116,19 @@ fn decode_frames(bytes: &[u8]) -> (Vec<(u64, LogFrame)>, usize) {
         if crc32c::crc32c(payload) != crc {
             break;
         }
-        let Ok(frame) = serde_json::from_slice::<LogFrame>(payload) else {
-            break;
-        };
+        let frame = serde_json::from_slice::<LogFrame>(payload).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "metadata log frame at byte {position} has a valid checksum but cannot be \
+                     decoded (written by a newer version?): {e}"
+                ),
+            )
+        })?;
         frames.push((position as u64, frame));
         position = start + length;
     }
-    (frames, position)
+    Ok((frames, position))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -191,7 +201,7 @@ impl LogInner {
             .open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (frames, valid_len) = decode_frames(&bytes);
+        let (frames, valid_len) = decode_frames(&bytes)?;
         if valid_len < bytes.len() {
             tracing::warn!(
                 path = %path.display(),
@@ -704,6 +714,33 @@ mod tests {
         assert_eq!(log.entries.keys().copied().collect::<Vec<_>>(), vec![5, 6]);
     }
 
+    #[test]
+    fn undecodable_frame_with_valid_checksum_refuses_to_open_instead_of_cutting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.append(vec![entry(1, 1)]).unwrap();
+        drop(log);
+        // A whole frame from a "newer version": a record type this build does not know.
+        let payload = br#"{"Entry":{"log_id":{"leader_id":{"term":1,"node_id":1},"index":2},"payload":{"Normal":{"version":9,"records":[{"type":"FromTheFuture"}]}}}}"#;
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        frame.extend_from_slice(payload);
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len_before = bytes.len();
+        bytes.extend_from_slice(&frame);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = LogInner::open(dir.path())
+            .err()
+            .expect("must refuse to open");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > len_before as u64,
+            "nothing was cut"
+        );
+    }
+
     #[tokio::test]
     async fn vote_and_committed_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -728,7 +765,10 @@ mod tests {
         /// Arbitrary bytes never panic the decoder, and whatever it accepts is a prefix.
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let (frames, valid) = decode_frames(&bytes);
+            // (An undecodable frame with a valid checksum is an error, not a panic.)
+            let Ok((frames, valid)) = decode_frames(&bytes) else {
+                return Ok(());
+            };
             proptest::prop_assert!(valid <= bytes.len());
             proptest::prop_assert!(frames.len() <= bytes.len() / FRAME_HEADER_BYTES);
         }
@@ -746,7 +786,7 @@ mod tests {
             }
             let valid_len = bytes.len();
             bytes.extend_from_slice(&tail);
-            let (frames, valid) = decode_frames(&bytes);
+            let (frames, valid) = decode_frames(&bytes).unwrap();
             proptest::prop_assert!(valid >= valid_len);
             let indexes: Vec<u64> = frames
                 .iter()
