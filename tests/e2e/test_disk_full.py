@@ -224,6 +224,17 @@ def faulty_fs(tmp_root):
         log.close()
 
 
+def produce_batches(conn, topic, count):
+    """`count` acks=all batches of 10 small records; returns them as (offset, key, value)."""
+    acked = []
+    for b in range(count):
+        records = [record(b * 10 + i) for i in range(10)]
+        resp = produce(conn, topic, records)
+        assert resp["error_code"] == 0, resp
+        acked += [(resp["base_offset"] + i, k, v) for i, (k, v) in enumerate(records)]
+    return acked
+
+
 def test_failed_fsync_answers_storage_error_and_restart_recovers_every_ack(faulty_fs):
     mount_point, control = faulty_fs
     broker = Broker(mount_point)  # its stderr log goes beside, off the faulty fs
@@ -231,13 +242,8 @@ def test_failed_fsync_answers_storage_error_and_restart_recovers_every_ack(fault
         broker.start()
         topic = unique_topic("fsync")
         create_topic(broker.bootstrap, topic)
-        acked = []
         with broker.conn() as c:
-            for b in range(10):
-                records = [record(b * 10 + i) for i in range(10)]
-                resp = produce(c, topic, records)
-                assert resp["error_code"] == 0, resp
-                acked += [(resp["base_offset"] + i, k, v) for i, (k, v) in enumerate(records)]
+            acked = produce_batches(c, topic, 10)
 
             (control / "fail-fsync").touch()
             # The fsync behind this acks=all produce fails: the producer learns it at
@@ -283,13 +289,8 @@ def test_failed_write_is_cut_back_and_writes_resume(faulty_fs):
         broker.start()
         topic = unique_topic("eio")
         create_topic(broker.bootstrap, topic)
-        acked = []
         with broker.conn() as c:
-            for b in range(5):
-                records = [record(b * 10 + i) for i in range(10)]
-                resp = produce(c, topic, records)
-                assert resp["error_code"] == 0, resp
-                acked += [(resp["base_offset"] + i, k, v) for i, (k, v) in enumerate(records)]
+            acked = produce_batches(c, topic, 5)
             (control / "fail-write").touch()
             for attempt in range(3):
                 resp = produce(c, topic, [record(1000 + attempt)])

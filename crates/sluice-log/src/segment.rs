@@ -138,6 +138,18 @@ impl Segment {
         // Greater after compaction removed whole batches (offsets are preserved, gaps remain).
         debug_assert!(header.base_offset >= self.next_offset);
         let relative_offset = self.relative_offset(header.base_offset).unwrap_or(u32::MAX);
+        self.note_max_timestamp(header);
+        if self.bytes_since_index_entry >= index_interval_bytes {
+            self.add_index_entries(relative_offset, position);
+        }
+        self.bytes_since_index_entry = self.bytes_since_index_entry.saturating_add(size_bytes);
+        self.size_bytes = position.saturating_add(size_bytes);
+        self.next_offset = header.next_offset();
+        self.indexes_dirty = true;
+    }
+
+    /// Keeps the largest batch maxTimestamp and the base offset of the batch holding it.
+    fn note_max_timestamp(&mut self, header: &BatchHeader) {
         if self
             .max_timestamp
             .is_none_or(|max| header.max_timestamp > max.timestamp)
@@ -147,13 +159,6 @@ impl Segment {
                 offset: header.base_offset,
             });
         }
-        if self.bytes_since_index_entry >= index_interval_bytes {
-            self.add_index_entries(relative_offset, position);
-        }
-        self.bytes_since_index_entry = self.bytes_since_index_entry.saturating_add(size_bytes);
-        self.size_bytes = position.saturating_add(size_bytes);
-        self.next_offset = header.next_offset();
-        self.indexes_dirty = true;
     }
 
     fn add_index_entries(&mut self, relative_offset: u32, position: u32) {
@@ -383,15 +388,7 @@ impl Segment {
         let mut at = 0;
         while at < self.size_bytes {
             let header = self.read_header_at(at)?;
-            if self
-                .max_timestamp
-                .is_none_or(|max| header.max_timestamp > max.timestamp)
-            {
-                self.max_timestamp = Some(TimestampOffset {
-                    timestamp: header.max_timestamp,
-                    offset: header.base_offset,
-                });
-            }
+            self.note_max_timestamp(&header);
             at = self.position_after(at, &header)?;
         }
         self.bytes_since_index_entry =
