@@ -886,12 +886,22 @@ impl Log {
         let count = count.min(self.segments.len().saturating_sub(1));
         let taken: Vec<Segment> = self.segments.drain(..count).collect();
         self.log_start_offset = self.log_start_offset();
+        self.forget_producers_below_log_start();
         taken
     }
 
     /// Sets the in-memory log start offset (already checkpointed by the caller).
     pub(crate) fn set_log_start_offset(&mut self, log_start_offset: i64) {
         self.log_start_offset = log_start_offset;
+        self.forget_producers_below_log_start();
+    }
+
+    /// Producers whose last batch is below the log start are forgotten, as Kafka does when
+    /// retention or DeleteRecords moves the start: their state described deleted data (an
+    /// active producer that comes back is handled like an expired one).
+    fn forget_producers_below_log_start(&mut self) {
+        let log_start_offset = self.log_start_offset();
+        self.producer_state.remove_below(log_start_offset);
     }
 
     /// The segments, for the cleaner to swap a cleaned one in (or drop an emptied one).

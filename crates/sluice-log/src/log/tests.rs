@@ -960,3 +960,21 @@ fn reset_to_empties_the_log_and_starts_it_at_the_offset() {
     assert_eq!(log.truncate_to(50).unwrap(), 50);
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (50, 50));
 }
+
+#[test]
+fn producers_whose_batches_are_deleted_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    let mut first = crate::testing::idempotent_batch(1, 0, 0, 2);
+    log.append(&mut first, 0, 0).unwrap();
+    let mut second = crate::testing::idempotent_batch(2, 0, 0, 2);
+    log.append(&mut second, 0, 0).unwrap();
+    assert_eq!(log.producer_state().producer_count(), 2);
+    let (_, deleted) = log.delete_records(2).unwrap();
+    deleted.unlink().unwrap();
+    assert_eq!(log.producer_state().producer_count(), 1, "producer 1 only wrote below 2");
+    log.flush().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
+    assert_eq!(log.producer_state().producer_count(), 1);
+}
