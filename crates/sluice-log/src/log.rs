@@ -193,6 +193,12 @@ impl Log {
         if segments.is_empty() {
             segments.push(Segment::create(dir, 0)?);
         }
+        if let Some(active) = segments.last_mut().filter(|segment| !segment.is_empty()) {
+            // `segment.ms` counts from the first append; across a restart that is the
+            // active file's creation time (before: it restarted at the first append after
+            // every restart, so a broker restarted more often than segment.ms never rolled).
+            active.first_append_ms = file_created_ms(&active.file);
+        }
         let mut log = Log {
             dir: dir.to_path_buf(),
             config,
@@ -916,6 +922,15 @@ impl Log {
         fs::remove_dir_all(&dir)?;
         Ok(())
     }
+}
+
+/// When `file` was created (its modification time where the file system keeps no birth
+/// time), in milliseconds since the epoch.
+fn file_created_ms(file: &File) -> Option<i64> {
+    let metadata = file.metadata().ok()?;
+    let time = metadata.created().or_else(|_| metadata.modified()).ok()?;
+    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since_epoch.as_millis()).ok()
 }
 
 /// Lists segment base offsets in `dir`, sorted.

@@ -170,6 +170,32 @@ fn rolls_by_time_measured_from_the_first_append() {
 }
 
 #[test]
+fn segment_age_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour_ms = 3_600_000;
+    let config = LogConfig {
+        segment_ms: hour_ms,
+        ..LogConfig::default()
+    };
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    append_stored(&mut log, &batch(1, 1, 0), now_ms);
+    drop(log);
+    let mut log = Log::open(dir.path(), config).unwrap();
+    append_stored(&mut log, &batch(1, 1, 0), now_ms + hour_ms / 2);
+    assert_eq!(log.segment_count(), 1);
+    // An hour after the first append before the restart, not after the restart.
+    append_stored(&mut log, &batch(1, 1, 0), now_ms + hour_ms + 60_000);
+    assert_eq!(log.segment_count(), 2);
+}
+
+#[test]
 fn index_lookups_find_every_offset_across_many_segments() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), config(4_000, 300)).unwrap();
