@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -284,6 +284,64 @@ impl Deduplicator for RedbDedup {
     }
 }
 
+/// Dedup ids being processed right now. A record whose id another lane is handling waits
+/// for it and only then asks the store, which the first one marked if it handled the
+/// record: without this two records with one id on different keys (or partitions) could
+/// both pass `seen` and both be handled.
+#[derive(Default)]
+pub(crate) struct InFlightIds {
+    ids: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds an id until dropped.
+pub(crate) struct InFlightId {
+    owner: Arc<InFlightIds>,
+    id: Vec<u8>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl InFlightIds {
+    /// Waits until no other holder has `id`, then holds it.
+    pub(crate) async fn claim(self: &Arc<Self>, id: &[u8]) -> InFlightId {
+        let lock = {
+            let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(ids.entry(id.to_vec()).or_default())
+        };
+        let guard = Arc::clone(&lock).lock_owned().await;
+        InFlightId {
+            owner: Arc::clone(self),
+            id: id.to_vec(),
+            lock,
+            guard: Some(guard),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for InFlightId {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut ids = self
+            .owner
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Clones are only made under this lock: two references (the map's and ours) mean
+        // nobody else waits for the id.
+        if Arc::strong_count(&self.lock) == 2 {
+            ids.remove(&self.id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,5 +427,26 @@ mod tests {
         assert!(!dedup.seen(b"old").unwrap());
         dedup.mark(b"new").unwrap();
         assert_eq!(dedup.len().unwrap(), 1, "the expired id was evicted");
+    }
+
+    #[tokio::test]
+    async fn a_claimed_id_makes_the_next_claim_wait_and_is_forgotten_when_free() {
+        let ids = Arc::new(InFlightIds::default());
+        let first = ids.claim(b"m-1").await;
+        let other = ids.claim(b"m-2").await;
+        let second = ids.claim(b"m-1");
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut second)
+                .await
+                .is_err(),
+            "the same id waits"
+        );
+        drop(first);
+        let second = second.await;
+        assert_eq!(ids.len(), 2);
+        drop(second);
+        drop(other);
+        assert_eq!(ids.len(), 0, "free ids are forgotten");
     }
 }

@@ -32,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::dedup::{DedupKey, Deduplicator};
+use crate::dedup::{DedupKey, Deduplicator, InFlightIds};
 use crate::record::{ConsumerRecord, TopicPartition};
 
 pub use dead_letter::{
@@ -222,6 +222,8 @@ struct Inner {
     /// retries waiting out a backoff.
     changes: watch::Sender<u64>,
     counters: Counters,
+    /// Dedup ids in flight: one record per id at a time, across lanes.
+    dedup_in_flight: Arc<InFlightIds>,
 }
 
 /// How a record left its lane.
@@ -263,6 +265,7 @@ impl Processor {
                 state: Mutex::new(State::default()),
                 changes,
                 counters: Counters::default(),
+                dedup_in_flight: Arc::default(),
             }),
         }
     }
@@ -545,6 +548,11 @@ impl Inner {
                 .id_of(&record)
                 .map(|id| (Arc::clone(&d.store), id.to_vec()))
         });
+        // Held until this record is handled (and marked) or has failed for good.
+        let _in_flight = match &dedup_id {
+            Some((_, id)) => Some(self.dedup_in_flight.claim(id).await),
+            None => None,
+        };
         if let Some((store, id)) = &dedup_id {
             if self.dedup_seen(store, id, &record).await {
                 self.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
@@ -1163,6 +1171,44 @@ mod tests {
             (1, 3, 1)
         );
         assert_eq!(processor.committable()[&TopicPartition::new("t", 0)], 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_dedup_id_on_two_keys_at_once_is_handled_once() {
+        let store = Arc::new(MemoryDedup::new(100));
+        let handled = Arc::new(AtomicU64::new(0));
+        let handler = {
+            let handled = handled.clone();
+            move |_r: ConsumerRecord| {
+                let handled = handled.clone();
+                async move {
+                    // Slow enough that the two lanes overlap.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        };
+        let config = ProcessorConfig {
+            dedup: Some(DedupConfig {
+                store: store.clone(),
+                key: DedupKey::Header("message-id".to_string()),
+            }),
+            concurrency: 4,
+            ..ProcessorConfig::default()
+        };
+        let processor = Processor::new(config, handler, Arc::new(CollectingSink::default()));
+        let mut first = record(0, 0, Some("a"));
+        let mut second = record(0, 1, Some("b"));
+        first.headers = vec![Header::new("message-id", "m-same")];
+        second.headers = vec![Header::new("message-id", "m-same")];
+        processor.submit(first).await.unwrap();
+        processor.submit(second).await.unwrap();
+        processor.drain().await.unwrap();
+        assert_eq!(handled.load(Ordering::SeqCst), 1);
+        let metrics = processor.metrics();
+        assert_eq!((metrics.handled, metrics.deduplicated), (1, 1));
+        assert_eq!(processor.committable()[&TopicPartition::new("t", 0)], 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -998,7 +998,11 @@ fn producers_whose_batches_are_deleted_are_forgotten() {
     assert_eq!(log.producer_state().producer_count(), 2);
     let (_, deleted) = log.delete_records(2).unwrap();
     deleted.unlink().unwrap();
-    assert_eq!(log.producer_state().producer_count(), 1, "producer 1 only wrote below 2");
+    assert_eq!(
+        log.producer_state().producer_count(),
+        1,
+        "producer 1 only wrote below 2"
+    );
     log.flush().unwrap();
     drop(log);
     let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
