@@ -309,17 +309,46 @@ impl Log {
         let mut cache = LeaderEpochCache::empty(&self.dir);
         let mut scanned = 0u64;
         let log_start_offset = self.log_start_offset();
-        for segment in &self.segments {
-            let mut position = match segment.find_batch_ending_at_or_after(log_start_offset)? {
-                Some((position, _)) => position,
-                None => continue,
-            };
-            while position < segment.size_bytes {
-                let header = segment.read_header_at(position)?;
-                cache.assign(header.partition_leader_epoch, header.base_offset);
-                scanned += 1;
-                position =
-                    position.saturating_add(u32::try_from(header.total_size()).unwrap_or(u32::MAX));
+        // Epochs never decrease along a log: when the first and the last batch share one,
+        // every batch has it (every log of a single-node Sluice before this file existed),
+        // and two header reads replace a scan of the whole log.
+        let first = self
+            .segments
+            .iter()
+            .find(|segment| segment.next_offset > log_start_offset)
+            .map(|segment| segment.find_batch_ending_at_or_after(log_start_offset))
+            .transpose()?
+            .flatten();
+        let last = self
+            .segments
+            .iter()
+            .rev()
+            .find(|segment| !segment.is_empty())
+            .map(|segment| segment.find_batch_ending_at_or_after(segment.next_offset - 1))
+            .transpose()?
+            .flatten();
+        let uniform = match (&first, &last) {
+            (Some((_, first)), Some((_, last))) => (first.partition_leader_epoch
+                == last.partition_leader_epoch)
+                .then_some((first.partition_leader_epoch, first.base_offset)),
+            _ => None,
+        };
+        if let Some((epoch, base_offset)) = uniform {
+            cache.assign(epoch, base_offset);
+            scanned = 2;
+        } else {
+            for segment in &self.segments {
+                let mut position = match segment.find_batch_ending_at_or_after(log_start_offset)? {
+                    Some((position, _)) => position,
+                    None => continue,
+                };
+                while position < segment.size_bytes {
+                    let header = segment.read_header_at(position)?;
+                    cache.assign(header.partition_leader_epoch, header.base_offset);
+                    scanned += 1;
+                    position = position
+                        .saturating_add(u32::try_from(header.total_size()).unwrap_or(u32::MAX));
+                }
             }
         }
         // A new, empty log needs no file yet (the first append writes it): creating a

@@ -820,6 +820,21 @@ fn leader_epoch_checkpoint_lost_or_damaged_is_rebuilt_from_the_batches() {
 }
 
 #[test]
+fn a_lost_checkpoint_of_a_single_epoch_log_is_rebuilt_from_two_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(300, 0)).unwrap();
+    for _ in 0..8 {
+        append_with_epoch(&mut log, 0);
+    }
+    log.flush().unwrap();
+    drop(log);
+    fs::remove_file(dir.path().join(crate::LEADER_EPOCH_CHECKPOINT_FILE)).unwrap();
+    let log = Log::open(dir.path(), config(300, 0)).unwrap();
+    assert_eq!(epoch_pairs(&log), [(0, 0)]);
+    assert_eq!(log.recovery_report().leader_epoch_batches_scanned, 2);
+}
+
+#[test]
 fn leader_epochs_past_a_torn_tail_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
