@@ -27,7 +27,10 @@ def records_for(tag, n=50):
 
 
 def confluent_produce(bootstrap, topic, records, codec, **extra):
-    conf = {"bootstrap.servers": bootstrap, "compression.codec": codec, "linger.ms": 50,
+    # One batch for all records: librdkafka sends a batch uncompressed when compressing
+    # does not make it smaller, which a batch of one small record (a loaded machine
+    # lingering past 50 ms between produce calls) does not. flush() sends at once anyway.
+    conf = {"bootstrap.servers": bootstrap, "compression.codec": codec, "linger.ms": 5000,
             "batch.num.messages": 1000, "acks": "all"}
     conf.update(extra)
     p = Producer(conf)
