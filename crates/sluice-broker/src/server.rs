@@ -429,7 +429,7 @@ async fn serve_connection(
 
 /// Why a connection is closed by the broker.
 #[derive(Debug)]
-enum CloseReason {
+pub(crate) enum CloseReason {
     PeerClosed,
     Shutdown,
     Fatal(String),
@@ -570,7 +570,7 @@ struct Pending {
     counted_bytes: usize,
 }
 
-async fn dispatch_frame(
+pub(crate) async fn dispatch_frame(
     broker: &Arc<Broker>,
     frame: BytesMut,
     peer: SocketAddr,
