@@ -72,7 +72,10 @@ impl Fuzz {
 
     fn run(&self, data: &[u8]) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.as_ref().is_none_or(|(_, _, n)| *n >= INPUTS_PER_BROKER) {
+        if current
+            .as_ref()
+            .is_none_or(|(_, _, n)| *n >= INPUTS_PER_BROKER)
+        {
             if let Some((old, dir, _)) = current.take() {
                 old.close();
                 let _ = std::fs::remove_dir_all(dir);

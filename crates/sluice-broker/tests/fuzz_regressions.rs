@@ -58,6 +58,10 @@ async fn the_seed_corpus_of_real_clients_is_answered() {
             }
         }
     }
-    assert!(responses >= seeds.len(), "{responses} responses to {} seeds", seeds.len());
+    assert!(
+        responses >= seeds.len(),
+        "{responses} responses to {} seeds",
+        seeds.len()
+    );
     harness.close();
 }

@@ -73,7 +73,10 @@ pub fn record_batch(data: &[u8]) -> Result<Prepared, LogError> {
     let out: &[u8] = &buf;
     let header = validate_for_append(out, policy.max_batch_bytes)
         .unwrap_or_else(|e| panic!("an accepted batch is invalid afterwards: {e}"));
-    assert_eq!(header, prepared.header, "returned header differs from the bytes");
+    assert_eq!(
+        header, prepared.header,
+        "returned header differs from the bytes"
+    );
     let codec = CompressionType::from_attributes(header.attributes)
         .unwrap_or_else(|e| panic!("accepted batch has a bad codec: {e}"));
     if let Some(wanted) = policy.compression {
@@ -90,7 +93,10 @@ pub fn record_batch(data: &[u8]) -> Result<Prepared, LogError> {
     }
     .unwrap_or_else(|e| panic!("accepted batch's records do not walk: {e}"));
     if policy.require_keys {
-        assert!(summary.keyless_indexes.is_empty(), "keyless record accepted");
+        assert!(
+            summary.keyless_indexes.is_empty(),
+            "keyless record accepted"
+        );
     }
     let log_append_time = header.attributes & ATTRIBUTE_LOG_APPEND_TIME != 0;
     match policy.timestamp_type {
@@ -101,7 +107,11 @@ pub fn record_batch(data: &[u8]) -> Result<Prepared, LogError> {
         TimestampType::CreateTime => assert!(!log_append_time, "LogAppendTime left set"),
     }
     if !prepared.rewritten {
-        assert_eq!(out, &original[..], "batch changed but not reported rewritten");
+        assert_eq!(
+            out,
+            &original[..],
+            "batch changed but not reported rewritten"
+        );
     }
     Ok(prepared)
 }
@@ -212,7 +222,10 @@ pub fn log_recovery(dir: &Path, data: &[u8]) -> Result<(), LogError> {
     match log.append(&mut batch.clone(), 0, NOW_MS) {
         Ok(info) => {
             assert!(!info.duplicate);
-            assert_eq!(info.base_offset, end, "append after recovery not at the log end");
+            assert_eq!(
+                info.base_offset, end,
+                "append after recovery not at the log end"
+            );
             let slice = log
                 .read(info.base_offset, 1 << 20, info.base_offset + 1)
                 .unwrap_or_else(|e| panic!("read back of the append: {e}"))
@@ -220,7 +233,11 @@ pub fn log_recovery(dir: &Path, data: &[u8]) -> Result<(), LogError> {
             let bytes = slice
                 .read_to_vec()
                 .unwrap_or_else(|e| panic!("reading a slice: {e}"));
-            assert_eq!(&bytes[CRC_START..], &batch[CRC_START..], "append reads back");
+            assert_eq!(
+                &bytes[CRC_START..],
+                &batch[CRC_START..],
+                "append reads back"
+            );
         }
         // Only a log whose offsets cannot grow may refuse (end near i64::MAX).
         Err(error) => assert!(
@@ -375,6 +392,10 @@ mod tests {
         input.extend_from_slice(&batch);
         log_recovery(dir.path(), &input).unwrap();
         let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-        assert_eq!(log.log_end_offset(), 2, "repaired batch kept, append after it");
+        assert_eq!(
+            log.log_end_offset(),
+            2,
+            "repaired batch kept, append after it"
+        );
     }
 }

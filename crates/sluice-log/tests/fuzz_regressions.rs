@@ -48,7 +48,10 @@ fn every_seed_batch_from_real_clients_is_accepted() {
     assert!(seeds.len() > 20, "seed corpus missing");
     for (path, input) in seeds {
         if let Err(error) = sluice_log::fuzzing::record_batch(&input) {
-            panic!("{}: a batch the broker stored is refused: {error}", path.display());
+            panic!(
+                "{}: a batch the broker stored is refused: {error}",
+                path.display()
+            );
         }
     }
 }
