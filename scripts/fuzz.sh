@@ -33,8 +33,15 @@ fi
 
 export RUSTC_BOOTSTRAP=1
 mkdir -p "fuzz/corpus-run/$target" "fuzz/corpus/$target"
+# Data directories of the targets (tmpfs when there is one: fsync is free there). libFuzzer
+# exits without running destructors, so the script removes them.
+scratch_parent=/dev/shm
+[[ -d $scratch_parent ]] || scratch_parent="${TMPDIR:-/tmp}"
+SLUICE_FUZZ_SCRATCH="$(mktemp -d "$scratch_parent/sluice-fuzz-$target-XXXXXX")"
+export SLUICE_FUZZ_SCRATCH
+trap 'rm -rf "$SLUICE_FUZZ_SCRATCH"' EXIT
 # -rss_limit_mb: the request_frame target keeps a broker (page cache on tmpfs counts
 # elsewhere); -timeout: a single input taking longer is reported as a hang.
-exec cargo fuzz run --sanitizer "$sanitizer" --fuzz-dir fuzz "$target" \
+cargo fuzz run --sanitizer "$sanitizer" --fuzz-dir fuzz "$target" \
     "fuzz/corpus-run/$target" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=10 -print_final_stats=1 "$@"

@@ -2,12 +2,18 @@
 //! `sluice_log::fuzzing::log_recovery` for the input layout and the properties.
 #![no_main]
 
+use std::path::{Path, PathBuf};
+
 use libfuzzer_sys::fuzz_target;
 
-/// Directories on tmpfs when there is one: recovery fsyncs, and a disk would make every
+/// Directories on tmpfs when there is one (or in $SLUICE_FUZZ_SCRATCH, which
+/// `scripts/fuzz.sh` sets and removes afterwards): recovery fsyncs, and a disk would make every
 /// input cost milliseconds.
-fn scratch_root() -> std::path::PathBuf {
-    let shm = std::path::Path::new("/dev/shm");
+fn scratch_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_FUZZ_SCRATCH") {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         shm.to_path_buf()
     } else {

@@ -23,7 +23,7 @@ static ALLOCATOR: sluice_broker::alloc_guard::GuardedAllocator =
     sluice_broker::alloc_guard::GuardedAllocator;
 
 /// Inputs served by one broker before it is replaced with an empty one.
-const INPUTS_PER_BROKER: usize = 5_000;
+const INPUTS_PER_BROKER: usize = 1_000;
 
 struct Fuzz {
     runtime: tokio::runtime::Runtime,
@@ -33,6 +33,9 @@ struct Fuzz {
 }
 
 fn scratch_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_FUZZ_SCRATCH") {
+        return PathBuf::from(dir);
+    }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         shm.to_path_buf()
