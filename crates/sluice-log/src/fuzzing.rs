@@ -121,13 +121,15 @@ const FLAG_RECOVERY_FIX_CRC: u8 = 1 << 0;
 const FLAG_RECOVERY_INDEX: u8 = 1 << 1;
 const FLAG_RECOVERY_TIME_INDEX: u8 = 1 << 2;
 const FLAG_RECOVERY_POINT: u8 = 1 << 3;
+const FLAG_RECOVERY_SECOND_SEGMENT: u8 = 1 << 4;
 
 /// `log_recovery` target: `data` becomes the files of one partition directory `dir`
 /// (which must be empty), then the log is opened as the broker opens it at start-up.
 ///
 /// Input: one flag byte; with bit 3 an 8-byte recovery point; with bits 1 and 2 a 2-byte
-/// length and that many bytes of offset index, then of time index; the rest is the first
-/// segment (base offset 0). Bit 0 makes the harness correct the CRC of every batch the
+/// length and that many bytes of offset index, then of time index; with bit 4 a 4-byte base
+/// offset of a second segment and a 2-byte length of the first; the rest is the first
+/// segment (base offset 0), then the second. Bit 0 makes the harness correct the CRC of every batch the
 /// length fields frame, so that mutations reach the checks behind the CRC.
 ///
 /// Properties: opening never panics; without a recovery point (everything is verified)
@@ -163,22 +165,26 @@ pub fn log_recovery(dir: &Path, data: &[u8]) -> Result<(), LogError> {
     } else {
         None
     };
-    let mut segment = rest.to_vec();
-    if flags & FLAG_RECOVERY_FIX_CRC != 0 {
-        let mut position = 0;
-        while let Some(batch) = segment.get_mut(position..) {
-            let Ok(header) = BatchHeader::parse(batch) else {
-                break;
-            };
-            let size = header.total_size();
-            if size < BATCH_HEADER_BYTES || size > batch.len() {
-                break;
-            }
-            fix_crc(&mut batch[..size]);
-            position += size;
+    let mut second = None;
+    if flags & FLAG_RECOVERY_SECOND_SEGMENT != 0 {
+        let Some((base, tail)) = rest.split_first_chunk::<4>() else {
+            return Ok(());
+        };
+        let base = i64::from(u32::from_be_bytes(*base));
+        rest = tail;
+        let Some(first) = take_file(&mut rest) else {
+            return Ok(());
+        };
+        if base > 0 {
+            second = Some((base, rest.to_vec()));
         }
+        write_segment(dir, 0, first, flags & FLAG_RECOVERY_FIX_CRC != 0)?;
+    } else {
+        write_segment(dir, 0, rest.to_vec(), flags & FLAG_RECOVERY_FIX_CRC != 0)?;
     }
-    fs::write(dir.join(file_name(0, LOG_SUFFIX)), &segment)?;
+    if let Some((base, bytes)) = second {
+        write_segment(dir, base, bytes, flags & FLAG_RECOVERY_FIX_CRC != 0)?;
+    }
     if let Some(index) = index {
         fs::write(dir.join(file_name(0, INDEX_SUFFIX)), index)?;
     }
@@ -198,7 +204,7 @@ pub fn log_recovery(dir: &Path, data: &[u8]) -> Result<(), LogError> {
     let end = log.log_end_offset();
     let start = log.log_start_offset();
     if recovery_point.is_none() {
-        check_segment_file(dir, end);
+        check_segment_files(dir, end);
     }
     if recovery_point.is_none() {
         // Every batch readable from the start has a valid CRC and sits in order.
@@ -248,21 +254,71 @@ pub fn log_recovery(dir: &Path, data: &[u8]) -> Result<(), LogError> {
     Ok(())
 }
 
-/// The first segment's bytes after recovery: whole batches, valid CRCs, offsets contiguous
-/// up to `end` (if the first segment is the only one, as in this target).
-fn check_segment_file(dir: &Path, end: i64) {
-    let bytes = fs::read(dir.join(file_name(0, LOG_SUFFIX)))
-        .unwrap_or_else(|e| panic!("segment file after recovery: {e}"));
-    let first = match BatchHeader::parse(&bytes) {
-        Ok(header) => header.base_offset,
-        Err(_) => {
-            assert!(bytes.is_empty(), "recovered segment starts with garbage");
-            return;
+/// Writes a segment file, with every batch its length fields frame given a correct CRC
+/// when `fix_crcs`.
+fn write_segment(
+    dir: &Path,
+    base: i64,
+    mut bytes: Vec<u8>,
+    fix_crcs: bool,
+) -> Result<(), LogError> {
+    if fix_crcs {
+        let mut position = 0;
+        while let Some(batch) = bytes.get_mut(position..) {
+            let Ok(header) = BatchHeader::parse(batch) else {
+                break;
+            };
+            let size = header.total_size();
+            if size < BATCH_HEADER_BYTES || size > batch.len() {
+                break;
+            }
+            fix_crc(&mut batch[..size]);
+            position += size;
         }
-    };
-    let next = check_batches(&bytes, first)
-        .unwrap_or_else(|e| panic!("recovered segment holds bad bytes: {e}"));
-    assert_eq!(next, end, "segment end offset vs log end offset");
+    }
+    fs::write(dir.join(file_name(base, LOG_SUFFIX)), &bytes)?;
+    Ok(())
+}
+
+/// The segment files after recovery: each starts with a batch at its base offset (or is
+/// empty), holds only whole CRC-valid batches, continues where the previous one ended, and
+/// the last one ends at the log end offset `end`.
+fn check_segment_files(dir: &Path, end: i64) {
+    let mut segments: Vec<(i64, std::path::PathBuf)> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.extension()? != LOG_SUFFIX {
+                return None;
+            }
+            let base = path.file_stem()?.to_str()?.parse().ok()?;
+            Some((base, path))
+        })
+        .collect();
+    segments.sort();
+    let mut expected: Option<i64> = None;
+    for (base, path) in segments {
+        let bytes = fs::read(&path).unwrap_or_else(|e| panic!("segment after recovery: {e}"));
+        if bytes.is_empty() {
+            if let Some(want) = expected {
+                assert_eq!(base, want, "empty segment {base} does not continue the log");
+            }
+            expected = Some(base);
+            continue;
+        }
+        let header = BatchHeader::parse(&bytes)
+            .unwrap_or_else(|e| panic!("recovered segment {base} starts with garbage: {e}"));
+        assert_eq!(header.base_offset, base, "segment {base} starts elsewhere");
+        if let Some(want) = expected {
+            assert_eq!(base, want, "segment {base} does not continue the log");
+        }
+        let next = check_batches(&bytes, base)
+            .unwrap_or_else(|e| panic!("recovered segment {base} holds bad bytes: {e}"));
+        expected = Some(next);
+    }
+    if let Some(last) = expected {
+        assert_eq!(last, end, "segments end vs log end offset");
+    }
 }
 
 /// Walks whole batches covering `bytes` exactly; returns the offset after the last one.
@@ -381,6 +437,23 @@ mod tests {
         log_recovery(dir.path(), &input).unwrap();
         let log = Log::open(dir.path(), LogConfig::default()).unwrap();
         assert_eq!(log.log_end_offset(), 2);
+    }
+
+    #[test]
+    fn a_second_segment_that_lines_up_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = minimal_batch(b"one");
+        let mut second = minimal_batch(b"two");
+        second[0..8].copy_from_slice(&1i64.to_be_bytes());
+        let mut input = vec![FLAG_RECOVERY_SECOND_SEGMENT];
+        input.extend_from_slice(&1u32.to_be_bytes());
+        input.extend_from_slice(&u16::try_from(first.len()).unwrap().to_be_bytes());
+        input.extend_from_slice(&first);
+        input.extend_from_slice(&second);
+        log_recovery(dir.path(), &input).unwrap();
+        let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!(log.log_end_offset(), 3, "two segments and the append");
+        assert!(log.segment_count() >= 2);
     }
 
     #[test]
