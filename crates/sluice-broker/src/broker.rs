@@ -12,7 +12,7 @@ use crate::server;
 
 /// State shared by every connection.
 pub struct Broker {
-    cluster_id: String,
+    pub(crate) cluster_id: String,
     pub replicas: Arc<ReplicaManager>,
     /// The group coordinator (every group of this node) and committed offsets.
     pub groups: Arc<GroupCoordinator>,
@@ -22,7 +22,7 @@ pub struct Broker {
     pub metrics: Arc<crate::metrics::BrokerMetrics>,
     /// Turns true at shutdown: parked requests answer at once instead of waiting out
     /// their deadline.
-    shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 impl Broker {

@@ -1,10 +1,13 @@
 //! The Sluice broker: Kafka protocol listener, request handlers and the partitions of
 //! this node. The only crate where the storage engine and the network meet.
 
+/// Shared with the `sluice` binary and the fuzz harness, which both install it.
+pub mod alloc_guard;
 pub mod api;
 pub mod broker;
 pub mod config;
 pub mod flush;
+pub mod fuzzing;
 pub mod group;
 pub mod http;
 pub mod log_cleaner;

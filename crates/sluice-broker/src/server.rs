@@ -531,7 +531,7 @@ async fn serve_connection(
 
 /// Why a connection is closed by the broker.
 #[derive(Debug)]
-enum CloseReason {
+pub(crate) enum CloseReason {
     PeerClosed,
     Shutdown,
     Fatal(String),
@@ -684,7 +684,7 @@ struct Pending {
     counted_bytes: usize,
 }
 
-async fn dispatch_frame(
+pub(crate) async fn dispatch_frame(
     broker: &Arc<Broker>,
     frame: BytesMut,
     peer: SocketAddr,

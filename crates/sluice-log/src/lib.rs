@@ -15,6 +15,7 @@ mod checkpoint;
 pub mod cleaner;
 mod compression;
 mod error;
+pub mod fuzzing;
 mod index;
 mod leader_epoch;
 mod log;

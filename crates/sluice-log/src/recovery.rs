@@ -248,6 +248,15 @@ fn check_batch_at(
     else {
         return Ok(Err("batch would push the segment past 4 GiB".to_string()));
     };
+    // No batch, not even one the cleaner emptied, ends before it starts: a negative
+    // lastOffsetDelta would place the batch "below the recovery point" and skip its CRC
+    // (found by the log_recovery fuzz target).
+    if header.last_offset_delta < 0 {
+        return Ok(Err(format!(
+            "negative lastOffsetDelta {}",
+            header.last_offset_delta
+        )));
+    }
     // Below the recovery point the cleaner may have removed batches (a forward gap) and
     // records inside batches (fewer records than lastOffsetDelta + 1, even none); above it, appends are
     // contiguous and whole.

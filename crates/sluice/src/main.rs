@@ -1,6 +1,5 @@
 //! `sluice`: the broker and its command-line tool.
 
-mod alloc_guard;
 mod bench;
 mod cluster_cmd;
 mod consume_cmd;
@@ -17,6 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use sluice_broker::alloc_guard;
 use sluice_broker::config::{broker_setting, env_key, flatten_toml};
 use sluice_broker::BrokerConfig;
 
