@@ -92,7 +92,7 @@ impl GroupCoordinator {
     ) -> Result<Arc<GroupCoordinator>, TopicError> {
         if replicas.topic(OFFSETS_TOPIC).is_none() {
             let segment_bytes = config.offsets_topic_segment_bytes().to_string();
-            replicas.create_topic(
+            replicas.create_topic_blocking(
                 &NewTopic {
                     name: OFFSETS_TOPIC,
                     partitions: config.offsets_topic_num_partitions(),
@@ -807,7 +807,7 @@ mod retention_tests {
         let coordinator = open(dir.path());
         coordinator
             .replicas
-            .create_topic(
+            .create_topic_blocking(
                 &NewTopic {
                     name: "t",
                     partitions: 1,
