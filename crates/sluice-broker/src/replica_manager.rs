@@ -137,6 +137,27 @@ impl TopicState {
     }
 }
 
+/// The partition `index` of `topic` when this broker leads it, for the APIs only a leader
+/// serves (Produce, Fetch, ListOffsets, DeleteRecords, OffsetForLeaderEpoch):
+/// UNKNOWN_TOPIC_OR_PARTITION when the topic or partition does not exist,
+/// NOT_LEADER_OR_FOLLOWER when it is led elsewhere or offline (the client refreshes its
+/// metadata and goes to the leader).
+pub fn leader_partition(
+    topic: Option<&Arc<TopicState>>,
+    index: i32,
+) -> Result<Arc<Partition>, ResponseError> {
+    let Some(topic) = topic else {
+        return Err(ResponseError::UnknownTopicOrPartition);
+    };
+    if index < 0 || index >= topic.record.partitions {
+        return Err(ResponseError::UnknownTopicOrPartition);
+    }
+    match topic.partition(index) {
+        Some(partition) if partition.is_leader() => Ok(Arc::clone(partition)),
+        _ => Err(ResponseError::NotLeaderOrFollower),
+    }
+}
+
 /// What CreateTopics asks for, already defaulted.
 pub struct NewTopic<'a> {
     pub name: &'a str,
@@ -825,12 +846,21 @@ impl ReplicaManager {
             assignments,
             configs,
         };
-        let topic_id = match self
-            .controller
-            .propose(request)
-            .await
-            .map_err(|e| TopicError::from_controller(new.name, e))?
-        {
+        let answer = match self.controller.propose(request).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                let error = TopicError::from_controller(new.name, error);
+                if matches!(error, TopicError::AlreadyExists(_)) {
+                    // Created meanwhile through another broker (several brokers creating
+                    // `__consumer_offsets` at start-up, auto-creation): show it here too.
+                    let name = new.name;
+                    self.catch_up(|image| image.topic_by_name(name).is_some())
+                        .await?;
+                }
+                return Err(error);
+            }
+        };
+        let topic_id = match answer {
             ControllerResponse::TopicCreated { topic_id } => topic_id,
             other => {
                 return Err(TopicError::Controller {
@@ -1240,5 +1270,86 @@ mod tests {
         }
         assert!(validate_topic_name(&"x".repeat(249)).is_ok());
         assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod import_tests {
+    use super::*;
+    use crate::metadata_store::MetadataStore;
+
+    /// A data directory written by the single-node broker (before the controller quorum):
+    /// `__cluster_metadata/metadata.json` with topics, dynamic configs and producer id
+    /// blocks, and partition logs with records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn single_node_metadata_is_imported_once_and_the_image_rules_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let orders_id = Uuid::new_v4();
+        let (cluster_id, last_old_producer_id) = {
+            let mut legacy = MetadataStore::open(dir.path(), 1).unwrap();
+            legacy
+                .put_topic(TopicRecord {
+                    name: "orders".into(),
+                    id: orders_id,
+                    partitions: 2,
+                    replication_factor: 1,
+                    configs: BTreeMap::from([("retention.ms".into(), "60000".into())]),
+                })
+                .unwrap();
+            legacy
+                .put_broker_configs(
+                    "",
+                    BTreeMap::from([("log.retention.ms".into(), "120000".into())]),
+                )
+                .unwrap();
+            let mut last = 0;
+            for _ in 0..3 {
+                last = legacy.allocate_producer_id().unwrap();
+            }
+            for index in 0..2 {
+                let log_dir = partition_dir(dir.path(), "orders", index);
+                let mut log = Log::open(&log_dir, Default::default()).unwrap();
+                let batch = sluice_log::testing::batch(5, 10, 1_000);
+                log.append_batch(&batch, 0, 1_000).unwrap();
+                log.flush().unwrap();
+            }
+            (legacy.cluster_id().to_string(), last)
+        };
+        let config =
+            BrokerConfig::from_pairs([("log.dirs", dir.path().display().to_string())]).unwrap();
+        let replicas = ReplicaManager::open(config.clone()).unwrap();
+        assert_eq!(replicas.cluster_id(), cluster_id);
+        let orders = replicas.topic("orders").unwrap();
+        assert_eq!(orders.record.id, orders_id);
+        assert_eq!(orders.record.partitions, 2);
+        assert_eq!(
+            orders
+                .record
+                .configs
+                .get("retention.ms")
+                .map(String::as_str),
+            Some("60000")
+        );
+        for partition in &orders.partitions {
+            assert_eq!(partition.log_end_offset(), 5, "records kept");
+        }
+        assert_eq!(
+            replicas
+                .config()
+                .dynamic(DynamicLayer::ClusterDefault)
+                .get("log.retention.ms"),
+            Some(&"120000".to_string())
+        );
+        let producer_id = replicas.allocate_producer_id().await.unwrap();
+        assert!(producer_id > last_old_producer_id, "{producer_id}");
+        // After the import the image is the truth: a deleted topic stays deleted.
+        replicas.delete_topic("orders").await.unwrap();
+        assert!(!partition_dir(dir.path(), "orders", 0).exists());
+        replicas.shutdown();
+        drop(replicas);
+        let reopened = ReplicaManager::open(config).unwrap();
+        assert!(reopened.topic("orders").is_none());
+        assert!(reopened.allocate_producer_id().await.unwrap() > producer_id);
+        reopened.shutdown();
     }
 }
