@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use kafka_protocol::ResponseError;
 use sluice_controller::config::{parse_voters, ControllerConfig, METADATA_DIR_NAME};
 use sluice_controller::records::{ConfigResource, Endpoint};
 use sluice_controller::{Controller, ControllerError, ControllerRequest, ControllerResponse};
@@ -113,6 +114,8 @@ pub fn endpoint(config: &BrokerConfig) -> Endpoint {
 }
 
 /// Registers this broker (a new incarnation: it starts fenced) and returns its broker epoch.
+/// A restart right after a crash is refused with DUPLICATE_BROKER_REGISTRATION while the
+/// old incarnation's session lasts (`broker.session.timeout.ms`): retried until it expired.
 pub async fn register(
     controller: &Controller,
     config: &BrokerConfig,
@@ -124,7 +127,18 @@ pub async fn register(
         endpoints: vec![endpoint(config)],
         rack: config.broker_rack(),
     };
-    match propose_until_leader(controller, request, "register the broker").await? {
+    let answer = loop {
+        match propose_until_leader(controller, request.clone(), "register the broker").await {
+            Err(error) if error.code() == ResponseError::DuplicateBrokerRegistration.code() => {
+                tracing::info!(
+                    "the previous incarnation of this broker is still registered; retrying until its session expires"
+                );
+                tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+            }
+            other => break other?,
+        }
+    };
+    match answer {
         ControllerResponse::BrokerRegistered { broker_epoch } => {
             tracing::info!(
                 broker_id = config.node_id(),
@@ -134,6 +148,20 @@ pub async fn register(
             Ok(broker_epoch)
         }
         other => Err(ClusterError::UnexpectedAnswer(other, "RegisterBroker")),
+    }
+}
+
+/// Proposes this directory's cluster id; returns the cluster's (the first one claimed).
+pub async fn claim_cluster_id(
+    controller: &Controller,
+    local_cluster_id: &str,
+) -> Result<String, ClusterError> {
+    let request = ControllerRequest::ClaimClusterId {
+        cluster_id: local_cluster_id.to_string(),
+    };
+    match propose_until_leader(controller, request, "claim the cluster id").await? {
+        ControllerResponse::ClusterId { cluster_id } => Ok(cluster_id),
+        other => Err(ClusterError::UnexpectedAnswer(other, "ClaimClusterId")),
     }
 }
 

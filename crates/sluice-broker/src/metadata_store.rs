@@ -283,12 +283,22 @@ fn load_or_create_meta_properties(data_dir: &Path, node_id: i32) -> Result<Strin
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let cluster_id = new_cluster_id();
-            let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
-            write_atomically(data_dir, META_PROPERTIES, text.as_bytes())?;
+            write_meta_properties(data_dir, &cluster_id, node_id)?;
             Ok(cluster_id)
         }
         Err(e) => Err(io_error(&path)(e)),
     }
+}
+
+/// Writes `meta.properties` (atomically): a broker that joins a cluster whose quorum has
+/// another cluster id than the one its fresh directory got adopts the cluster's.
+pub fn write_meta_properties(
+    data_dir: &Path,
+    cluster_id: &str,
+    node_id: i32,
+) -> Result<(), MetadataError> {
+    let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
+    write_atomically(data_dir, META_PROPERTIES, text.as_bytes())
 }
 
 /// A cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding.

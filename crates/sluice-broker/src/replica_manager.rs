@@ -178,7 +178,8 @@ pub struct ReplicaManager {
     /// image); replaced whole when a dynamic setting changes.
     config: RwLock<Arc<BrokerConfig>>,
     data_dir: PathBuf,
-    cluster_id: String,
+    /// The cluster's id: the quorum's (`ClaimClusterId`), kept in `meta.properties`.
+    cluster_id: RwLock<String>,
     /// Group commit of the whole data directory (`log.flush.method=syncfs`).
     dir_sync: Arc<DataDirSync>,
     /// This node's member of the controller quorum.
@@ -219,7 +220,7 @@ impl ReplicaManager {
         let manager = Arc::new(ReplicaManager {
             config: RwLock::new(Arc::new(config.clone())),
             data_dir: data_dir.clone(),
-            cluster_id: legacy.cluster_id().to_string(),
+            cluster_id: RwLock::new(legacy.cluster_id().to_string()),
             dir_sync,
             controller: controller.clone(),
             incarnation_id: Uuid::new_v4(),
@@ -248,6 +249,16 @@ impl ReplicaManager {
         let broker_epoch =
             cluster::register(&self.controller, &config, self.incarnation_id).await?;
         self.broker_epoch.store(broker_epoch, Ordering::SeqCst);
+        let cluster_id = cluster::claim_cluster_id(&self.controller, legacy.cluster_id()).await?;
+        if cluster_id != legacy.cluster_id() {
+            tracing::info!(
+                %cluster_id,
+                previous = legacy.cluster_id(),
+                "adopting the cluster id of the controller quorum"
+            );
+            crate::metadata_store::write_meta_properties(&self.data_dir, &cluster_id, node_id)?;
+        }
+        *self.cluster_id.write() = cluster_id;
         // Our registration is in this node's image once it applied the record.
         let mut images = self.controller.image();
         let registered = images
@@ -420,7 +431,7 @@ impl ReplicaManager {
     }
 
     pub fn cluster_id(&self) -> String {
-        self.cluster_id.clone()
+        self.cluster_id.read().clone()
     }
 
     /// The effective configuration at this moment (cheap: an `Arc` clone).

@@ -200,7 +200,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(match cli.command {
-        Command::Serve(_) => "info",
+        // openraft logs every vote and membership step at info: its warnings are enough.
+        Command::Serve(_) => "info,openraft=warn",
         // The verifier breaks the broker on purpose: the SDK's reconnect warnings are noise.
         Command::Verify(_) => "warn,sluice_client=error",
         _ => "warn",

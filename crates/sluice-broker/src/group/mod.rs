@@ -92,7 +92,7 @@ impl GroupCoordinator {
     ) -> Result<Arc<GroupCoordinator>, TopicError> {
         if replicas.topic(OFFSETS_TOPIC).is_none() {
             let segment_bytes = config.offsets_topic_segment_bytes().to_string();
-            replicas.create_topic_blocking(
+            let created = replicas.create_topic_blocking(
                 &NewTopic {
                     name: OFFSETS_TOPIC,
                     partitions: config.offsets_topic_num_partitions(),
@@ -103,7 +103,12 @@ impl GroupCoordinator {
                     ],
                 },
                 false,
-            )?;
+            );
+            // In a cluster another broker may have created it first.
+            match created {
+                Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
+                Err(error) => return Err(error),
+            }
         } else {
             // A topic created by an older version was not compacted; Kafka's offsets topic is.
             replicas.ensure_topic_config(OFFSETS_TOPIC, "cleanup.policy", "compact")?;
