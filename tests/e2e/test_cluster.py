@@ -94,6 +94,8 @@ def test_three_brokers_form_one_cluster_and_survive_losing_one(make_broker):
     # The controller spreads a 6-partition topic over all three brokers.
     topic = unique_topic("cluster")
     create_topic(brokers[1].bootstrap, topic, partitions=6)
+    for b in brokers:
+        wait_topic_partitions(b.bootstrap, topic, 6)
     placement = leaders(brokers[2], topic)
     assert sorted(placement) == list(range(6))
     assert {p["leader"] for p in placement.values()} == {1, 2, 3}
@@ -186,3 +188,44 @@ def test_broker_restart_rejoins_and_leads_its_partitions_again(make_broker):
     response = produce_one(brokers[1], topic, partition, b"after")
     assert response["error_code"] == 0
     assert response["base_offset"] == 1, "the record from before the restart is kept"
+
+
+def test_group_coordinator_is_the_leader_of_the_groups_offsets_partition(make_broker):
+    brokers = start_cluster(make_broker)
+    topic = unique_topic("groups")
+    create_topic(brokers[0].bootstrap, topic, partitions=3)
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    bootstrap = ",".join(b.bootstrap for b in brokers)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for n in range(60):
+        producer.produce(topic, key=f"k{n % 7}".encode(), value=str(n).encode())
+    assert producer.flush(60) == 0
+
+    # Groups spread over the three offsets partitions, hence over coordinators.
+    offsets_leaders = leaders(brokers[0], "__consumer_offsets")
+    assert {p["leader"] for p in offsets_leaders.values()} <= {1, 2, 3}
+    for group in ("g-alpha", "g-beta", "g-gamma", "g-delta"):
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        try:
+            consumer.subscribe([topic])
+            got = 0
+            deadline = time.monotonic() + 60
+            while got < 60 and time.monotonic() < deadline:
+                m = consumer.poll(0.5)
+                if m is None or m.error():
+                    continue
+                got += 1
+            assert got == 60, (group, got)
+            consumer.commit(asynchronous=False)
+        finally:
+            consumer.close()
+        # The committed offsets are read back by a new member through the coordinator.
+        reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                           "enable.auto.commit": False})
+        try:
+            committed = reader.committed([TopicPartition(topic, p) for p in range(3)], timeout=30)
+            assert sum(tp.offset for tp in committed) == 60, (group, committed)
+        finally:
+            reader.close()

@@ -130,7 +130,7 @@ impl Partition {
             append_error_log: ErrorLogLimiter::default(),
             fsync_error_log: ErrorLogLimiter::default(),
             leader_epoch: AtomicI32::new(INITIAL_LEADER_EPOCH),
-            is_leader: AtomicBool::new(true),
+            is_leader: AtomicBool::new(false),
         })
     }
 

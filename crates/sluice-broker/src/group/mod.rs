@@ -255,9 +255,12 @@ impl GroupCoordinator {
         group_id: &str,
         records: Vec<(Bytes, Option<Bytes>)>,
     ) -> Result<(Arc<Partition>, i64), i16> {
+        // In a cluster only the leader of the group's offsets partition coordinates it:
+        // elsewhere NOT_COORDINATOR sends the client back to FindCoordinator.
         let partition = self
             .offsets_partition(group_id)
-            .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
+            .filter(|partition| partition.is_leader())
+            .ok_or(ResponseError::NotCoordinator.code())?;
         let now = now_ms();
         let records: Vec<Record> = records
             .into_iter()
@@ -411,11 +414,10 @@ impl GroupCoordinator {
                 let metadata = offset.metadata.clone().unwrap_or_default();
                 let code = if metadata.len() > self.metadata_max_bytes {
                     ResponseError::OffsetMetadataTooLarge.code()
-                } else if self
-                    .replicas
-                    .partition(&offset.topic, offset.partition)
-                    .is_none()
-                {
+                } else if !self.replicas.topic(&offset.topic).is_some_and(|t| {
+                    // The partition exists in the cluster (it may be hosted elsewhere).
+                    (0..t.record.partitions).contains(&offset.partition)
+                }) {
                     ResponseError::UnknownTopicOrPartition.code()
                 } else {
                     0
