@@ -62,14 +62,14 @@ pub fn controller_config(config: &BrokerConfig) -> Result<ControllerConfig, Clus
     Ok(controller)
 }
 
-/// Starts this node's controller. A sole voter without `controller.listener` binds an
-/// ephemeral loopback port: nobody needs to reach it.
+/// Starts this node's controller. A sole voter without `controller.listener` opens no
+/// listener at all: nobody needs to reach it (a single node keeps exactly one port).
 pub async fn start_controller(config: &BrokerConfig) -> Result<Controller, ClusterError> {
     let controller_config = controller_config(config)?;
     let single = controller_config.voters.len() == 1;
     let address = match (&controller_config.listener, single) {
         (Some(listener), _) => listener.clone(),
-        (None, true) => SINGLE_VOTER_ADDRESS.to_string(),
+        (None, true) => return Ok(Controller::start_sole_voter(controller_config).await?),
         (None, false) => controller_config.listener_address()?,
     };
     let listener = TcpListener::bind(&address)
