@@ -165,6 +165,7 @@ def test_three_brokers_form_one_cluster_and_survive_losing_one(make_broker):
     # Metadata changes still commit with 2 of 3 voters: a new topic, placed on 1 and 2.
     second = unique_topic("after-kill")
     create_topic(brokers[0].bootstrap, second, partitions=4)
+    wait_topic_partitions(brokers[0].bootstrap, second, 4)
     placed = wait_topic_partitions(brokers[1].bootstrap, second, 4)
     assert {p["leader"] for p in placed["partitions"]} == {1, 2}
     for p in placed["partitions"]:
@@ -176,6 +177,9 @@ def test_broker_restart_rejoins_and_leads_its_partitions_again(make_broker):
     brokers = start_cluster(make_broker)
     topic = unique_topic("rejoin")
     create_topic(brokers[0].bootstrap, topic, partitions=3)
+    # Metadata reaches each broker through its own controller's image: wait for all.
+    for b in brokers:
+        wait_topic_partitions(b.bootstrap, topic, 3)
     placement = leaders(brokers[0], topic)
     led_by_2 = [k for k, p in placement.items() if p["leader"] == 2]
     assert led_by_2, placement
@@ -189,11 +193,21 @@ def test_broker_restart_rejoins_and_leads_its_partitions_again(make_broker):
     assert response["error_code"] == 0
     assert response["base_offset"] == 1, "the record from before the restart is kept"
 
+    # SIGTERM: a controlled shutdown (the controller releases the broker), then a clean exit.
+    assert brokers[1].kill(signal.SIGTERM) == 0
+    assert "controlled shutdown: the controller released this broker" in brokers[1].stderr_text()
+    brokers[1].start(wait=True)
+    wait_for(lambda: leaders(brokers[2], topic)[partition]["leader"] == 2, "broker 2 leads again")
+    response = produce_one(brokers[1], topic, partition, b"after the clean restart")
+    assert response["error_code"] == 0 and response["base_offset"] == 2, response
+
 
 def test_group_coordinator_is_the_leader_of_the_groups_offsets_partition(make_broker):
     brokers = start_cluster(make_broker)
     topic = unique_topic("groups")
     create_topic(brokers[0].bootstrap, topic, partitions=3)
+    for b in brokers:
+        wait_topic_partitions(b.bootstrap, topic, 3)
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     bootstrap = ",".join(b.bootstrap for b in brokers)
