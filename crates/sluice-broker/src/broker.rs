@@ -85,13 +85,13 @@ fn advertise_bound_port(config: &mut BrokerConfig, bound_port: u16) {
     }
 }
 
-/// Opens the data directory (recovering every log), binds the listener and serves.
+/// Binds the listener, starts this node's controller and registers the broker, opens the
+/// partitions the metadata image assigns to it (recovering every log) and serves.
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
-    let replicas = tokio::task::block_in_place(|| ReplicaManager::open(config.clone()))?;
-    let groups =
-        tokio::task::block_in_place(|| GroupCoordinator::open(Arc::clone(&replicas), &config))?;
     let (host, port) = config.listen();
     let address = format!("{host}:{port}");
+    // Bound first: the controller registers the advertised address, which needs the port.
+    // Clients that connect before the broker serves wait in the accept backlog.
     let listener = TcpListener::bind(&address)
         .await
         .map_err(|source| StartError::Listen {
@@ -102,7 +102,11 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         address: address.clone(),
         source,
     })?;
-    replicas.update_config(|config| advertise_bound_port(config, local_addr.port()));
+    let mut config = config;
+    advertise_bound_port(&mut config, local_addr.port());
+    let replicas = ReplicaManager::start(config.clone()).await?;
+    let groups =
+        tokio::task::block_in_place(|| GroupCoordinator::open(Arc::clone(&replicas), &config))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let faults = server::FaultSwitch::new(&config);
     let broker = Arc::new(Broker {
@@ -127,6 +131,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     ));
     let producer_expiration =
         tokio::spawn(Arc::clone(&replicas).run_producer_expiration(shutdown_rx.clone()));
+    let heartbeats = tokio::spawn(Arc::clone(&replicas).run_heartbeats(shutdown_rx.clone()));
     let node_id = replicas.config().node_id();
     let task = tokio::spawn(async move {
         server::run_listener(listener, broker, shutdown_rx).await;
@@ -135,6 +140,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         let _ = retention.await;
         let _ = log_cleaner.await;
         let _ = producer_expiration.await;
+        let _ = heartbeats.await;
+        replicas.controlled_shutdown().await;
         if let Some(metrics_http) = metrics_http {
             let _ = metrics_http.await;
         }

@@ -47,6 +47,10 @@ pub enum SettingKind {
         min: f64,
         max: f64,
     },
+    /// Free text (Kafka's STRING), e.g. `broker.rack`.
+    Text,
+    /// `controller.quorum.voters`: empty, or `id@host:port,...`.
+    Voters,
 }
 
 /// One broker setting: Kafka's name, aliases accepted on input, default and documentation.
@@ -75,6 +79,41 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         default: "1",
         kind: SettingKind::Int { min: 0, max: I32_MAX },
         doc: "The id of this node in the cluster.",
+    },
+    SettingDef {
+        name: "controller.quorum.voters",
+        aliases: &["controller-quorum-voters"],
+        default: "",
+        kind: SettingKind::Voters,
+        doc: "The controller quorum, id@host:port,... (Kafka's format). Empty: this node is the only voter, in process, with no reachable listener needed.",
+    },
+    SettingDef {
+        name: "controller.listener",
+        aliases: &["controller-listener"],
+        default: "",
+        kind: SettingKind::HostPort,
+        doc: "Address the controller (Raft) listener binds, host:port; default: this node's entry in controller.quorum.voters.",
+    },
+    SettingDef {
+        name: "broker.rack",
+        aliases: &["broker-rack"],
+        default: "",
+        kind: SettingKind::Text,
+        doc: "Rack of this broker; the controller spreads a partition's replicas over racks. Empty: no rack.",
+    },
+    SettingDef {
+        name: "broker.session.timeout.ms",
+        aliases: &[],
+        default: "9000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "A broker that has not heartbeated to the controller for this long is fenced (leads nothing).",
+    },
+    SettingDef {
+        name: "broker.heartbeat.interval.ms",
+        aliases: &[],
+        default: "2000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Interval between a broker's heartbeats to the controller.",
     },
     SettingDef {
         name: "listeners",
@@ -557,6 +596,14 @@ pub fn validate_value(def: &SettingDef, key: &str, value: &str) -> Result<String
                 .collect::<Vec<_>>()
                 .join(","))
         }
+        SettingKind::Text => Ok(value.to_string()),
+        SettingKind::Voters => {
+            if !value.is_empty() {
+                sluice_controller::config::parse_voters(value)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
+            Ok(value.to_string())
+        }
         SettingKind::Double { min, max } => {
             let parsed: f64 = value
                 .parse()
@@ -805,6 +852,35 @@ impl BrokerConfig {
             _ => host,
         };
         (host, port)
+    }
+
+    /// `controller.quorum.voters`, or `None` for a single node (one in-process voter).
+    pub fn controller_quorum_voters(&self) -> Option<String> {
+        self.value("controller.quorum.voters")
+            .filter(|v| !v.trim().is_empty())
+            .map(str::to_string)
+    }
+
+    /// `controller.listener`, if set.
+    pub fn controller_listener(&self) -> Option<String> {
+        self.value("controller.listener")
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().trim_start_matches("PLAINTEXT://").to_string())
+    }
+
+    /// `broker.rack`, if set.
+    pub fn broker_rack(&self) -> Option<String> {
+        self.value("broker.rack")
+            .filter(|v| !v.trim().is_empty())
+            .map(str::to_string)
+    }
+
+    pub fn broker_session_timeout_ms(&self) -> u64 {
+        u64::try_from(self.int("broker.session.timeout.ms")).unwrap_or(9000)
+    }
+
+    pub fn broker_heartbeat_interval_ms(&self) -> u64 {
+        u64::try_from(self.int("broker.heartbeat.interval.ms")).unwrap_or(2000)
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -5,6 +5,7 @@
 pub mod alloc_guard;
 pub mod api;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod flush;
 pub mod fuzzing;

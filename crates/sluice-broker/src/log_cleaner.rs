@@ -183,7 +183,7 @@ mod tests {
 
     fn fill(replicas: &ReplicaManager, topic: &str, policy: &str) -> Arc<Partition> {
         replicas
-            .create_topic(
+            .create_topic_blocking(
                 &NewTopic {
                     name: topic,
                     partitions: 1,
@@ -284,7 +284,7 @@ mod tests {
         .unwrap();
         let replicas = ReplicaManager::open(config.clone()).unwrap();
         replicas
-            .create_topic(
+            .create_topic_blocking(
                 &NewTopic {
                     name: crate::group::OFFSETS_TOPIC,
                     partitions: 1,

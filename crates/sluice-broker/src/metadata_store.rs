@@ -1,6 +1,11 @@
 //! The cluster metadata of a single node: cluster id and topics with their partition
 //! counts, ids and configuration overrides.
 //!
+//! Since the controller quorum (`sluice-controller`) this store only keeps the cluster id
+//! (`meta.properties`) and is read once, on the first start with an empty quorum, to
+//! import the topics, configs and producer id floor of older data directories
+//! (`cluster::import_single_node_metadata`). The quorum's image is the source of truth.
+//!
 //! It is persisted as one JSON document, replaced atomically (temp file, fsync, rename,
 //! fsync directory) on every change, so a crash leaves either the old or the new image.
 //! Changes are made durable *before* partition directories are created or removed.
@@ -75,6 +80,8 @@ pub struct MetadataStore {
     image: MetadataImage,
     /// The next producer id of the reserved block `[next, image.producer_id_block_end)`.
     next_producer_id: i64,
+    /// Whether `metadata.json` existed when opened (something to import into the quorum).
+    had_image: bool,
 }
 
 impl MetadataStore {
@@ -98,12 +105,15 @@ impl MetadataStore {
         }
         let cluster_id = load_or_create_meta_properties(data_dir, node_id)?;
         let path = dir.join(METADATA_FILE);
-        let image = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| MetadataError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataImage::default(),
+        let (image, had_image) = match fs::read(&path) {
+            Ok(bytes) => (
+                serde_json::from_slice(&bytes).map_err(|e| MetadataError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
+                true,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (MetadataImage::default(), false),
             Err(e) => return Err(io_error(&path)(e)),
         };
         let next_producer_id = image.producer_id_block_end;
@@ -112,7 +122,24 @@ impl MetadataStore {
             cluster_id,
             image,
             next_producer_id,
+            had_image,
         })
+    }
+
+    /// Whether this directory holds a single-node metadata file (written by versions
+    /// before the controller quorum; imported into the quorum once).
+    pub fn has_image(&self) -> bool {
+        self.had_image
+    }
+
+    /// Every dynamic broker config layer by resource name ("" = cluster default).
+    pub fn all_broker_configs(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.image.broker_configs.clone()
+    }
+
+    /// Producer ids below this may have been handed out by the single-node store.
+    pub fn producer_id_block_end(&self) -> i64 {
+        self.image.producer_id_block_end
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -256,12 +283,22 @@ fn load_or_create_meta_properties(data_dir: &Path, node_id: i32) -> Result<Strin
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let cluster_id = new_cluster_id();
-            let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
-            write_atomically(data_dir, META_PROPERTIES, text.as_bytes())?;
+            write_meta_properties(data_dir, &cluster_id, node_id)?;
             Ok(cluster_id)
         }
         Err(e) => Err(io_error(&path)(e)),
     }
+}
+
+/// Writes `meta.properties` (atomically): a broker that joins a cluster whose quorum has
+/// another cluster id than the one its fresh directory got adopts the cluster's.
+pub fn write_meta_properties(
+    data_dir: &Path,
+    cluster_id: &str,
+    node_id: i32,
+) -> Result<(), MetadataError> {
+    let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
+    write_atomically(data_dir, META_PROPERTIES, text.as_bytes())
 }
 
 /// A cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding.

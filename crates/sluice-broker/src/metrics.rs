@@ -414,6 +414,13 @@ pub fn render(broker: &Broker) -> String {
     let open = broker.metrics.connections_open.load(Ordering::Relaxed);
     sample(&mut out, "sluice_connections_open", &[], open as f64);
     render_connection_limits(&mut out, &broker.metrics);
+    // This node's member of the controller quorum (`sluice_controller_*`, documented in
+    // the sluice-controller README).
+    broker
+        .replicas
+        .controller()
+        .metrics()
+        .write_prometheus(&mut out);
     render_process(&mut out);
     out
 }

@@ -6,7 +6,7 @@
 //! its target or its deadline fires.
 
 use kafka_protocol::ResponseError;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use tokio::sync::{watch, Notify};
 use crate::flush::{DataDirSync, FlushMethod};
 use crate::topic_config::TopicSettings;
 
-/// The leader epoch of every partition on a single node.
-pub const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
+/// The leader epoch of a new partition (the controller starts every partition at 0).
+pub const INITIAL_LEADER_EPOCH: i32 = 0;
 
 pub struct Partition {
     pub topic: Arc<str>,
@@ -51,6 +51,10 @@ pub struct Partition {
     /// disk fails every produce, the log should say so once, not thousands of times.
     append_error_log: ErrorLogLimiter,
     fsync_error_log: ErrorLogLimiter,
+    /// The partition's leader epoch from the controller's metadata image.
+    leader_epoch: AtomicI32,
+    /// Whether the image names this broker the partition's leader.
+    is_leader: AtomicBool,
 }
 
 /// How long one kind of storage error stays quiet after it was logged.
@@ -125,7 +129,20 @@ impl Partition {
             storage_failed: watch::channel(false).0,
             append_error_log: ErrorLogLimiter::default(),
             fsync_error_log: ErrorLogLimiter::default(),
+            leader_epoch: AtomicI32::new(INITIAL_LEADER_EPOCH),
+            is_leader: AtomicBool::new(false),
         })
+    }
+
+    /// Takes leadership and leader epoch from the controller's metadata image.
+    pub fn set_leadership(&self, is_leader: bool, leader_epoch: i32) {
+        self.leader_epoch.store(leader_epoch, Ordering::SeqCst);
+        self.is_leader.store(is_leader, Ordering::SeqCst);
+    }
+
+    /// Whether this broker leads the partition (produce and fetch are served only then).
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::SeqCst)
     }
 
     pub fn settings(&self) -> TopicSettings {
@@ -141,7 +158,7 @@ impl Partition {
         *batch = buf.into_vec();
         let (info, _) = result?;
         if !info.duplicate {
-            sluice_log::rewrite_header(batch, info.base_offset, SINGLE_NODE_LEADER_EPOCH);
+            sluice_log::rewrite_header(batch, info.base_offset, self.leader_epoch());
         }
         Ok(info)
     }
@@ -178,7 +195,7 @@ impl Partition {
         let prepared = prepare_batch_buf(batch, &policy, now_ms)?;
         let (info, end) = {
             let mut log = self.log.lock();
-            let info = match log.append_batch(batch, SINGLE_NODE_LEADER_EPOCH, now_ms) {
+            let info = match log.append_batch(batch, self.leader_epoch(), now_ms) {
                 Ok(info) => info,
                 Err(error) => {
                     if let LogError::Io(io) = &error {
@@ -270,9 +287,10 @@ impl Partition {
         self.log.lock().log_end_offset()
     }
 
-    /// The leader epoch of this partition (a single node's never changes).
+    /// The leader epoch of this partition, as the controller's image has it (KIP-320 checks
+    /// and the epoch stamped on appended batches).
     pub fn leader_epoch(&self) -> i32 {
-        SINGLE_NODE_LEADER_EPOCH
+        self.leader_epoch.load(Ordering::SeqCst)
     }
 
     /// KIP-320: a request that names the leader epoch it believes current (Fetch v9+,

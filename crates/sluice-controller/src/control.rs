@@ -98,6 +98,11 @@ pub enum ControllerRequest {
     ElectPreferredLeaders {
         partitions: Vec<(Uuid, i32)>,
     },
+    /// Set the cluster id unless one is set; the answer is the cluster's id either way (a
+    /// broker proposes the id of its `meta.properties` and adopts the answer).
+    ClaimClusterId {
+        cluster_id: String,
+    },
 }
 
 /// The answer to a [`ControllerRequest`] once its records are committed.
@@ -124,6 +129,9 @@ pub enum ControllerResponse {
     },
     LeadersElected {
         count: usize,
+    },
+    ClusterId {
+        cluster_id: String,
     },
 }
 
@@ -321,6 +329,30 @@ pub fn plan(
                     count: config.producer_id_block_size,
                 },
             ))
+        }
+        ControllerRequest::ClaimClusterId { cluster_id } => {
+            if cluster_id.is_empty() {
+                return Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    "the cluster id must not be empty",
+                ));
+            }
+            Ok(match &image.cluster_id {
+                Some(existing) => Plan::new(
+                    Vec::new(),
+                    ControllerResponse::ClusterId {
+                        cluster_id: existing.clone(),
+                    },
+                ),
+                None => Plan::new(
+                    vec![MetadataRecord::ClusterId {
+                        cluster_id: cluster_id.clone(),
+                    }],
+                    ControllerResponse::ClusterId {
+                        cluster_id: cluster_id.clone(),
+                    },
+                ),
+            })
         }
         ControllerRequest::ElectPreferredLeaders { partitions } => {
             let records = elect_preferred_leaders(image, partitions);
@@ -1277,6 +1309,24 @@ mod tests {
         for p in &image.topics[&topic_id].partitions {
             assert_eq!(p.leader, p.replicas[0]);
         }
+    }
+
+    #[test]
+    fn the_first_cluster_id_claimed_is_the_clusters() {
+        let mut image = MetadataImage::default();
+        let claim = |id: &str| ControllerRequest::ClaimClusterId {
+            cluster_id: id.to_string(),
+        };
+        let answer = |id: &str| ControllerResponse::ClusterId {
+            cluster_id: id.to_string(),
+        };
+        assert_eq!(run(&mut image, claim("first")).unwrap(), answer("first"));
+        assert_eq!(run(&mut image, claim("second")).unwrap(), answer("first"));
+        assert_eq!(image.cluster_id.as_deref(), Some("first"));
+        assert_eq!(
+            run(&mut image, claim("")).unwrap_err().kind(),
+            ResponseError::InvalidRequest
+        );
     }
 
     #[test]

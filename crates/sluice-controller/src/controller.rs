@@ -221,6 +221,26 @@ impl Controller {
         config: ControllerConfig,
         listener: TcpListener,
     ) -> Result<Self, ControllerError> {
+        Self::start_inner(config, Some(listener)).await
+    }
+
+    /// Starts the only voter of a one-voter quorum without any listener: nobody sends it
+    /// RPCs (there are no peers), so a single-node broker opens no extra port. Refused
+    /// for a quorum with other voters.
+    pub async fn start_sole_voter(config: ControllerConfig) -> Result<Self, ControllerError> {
+        if config.voters.len() != 1 {
+            return Err(ControllerError::Config(format!(
+                "a controller without a listener must be the only voter, not one of {:?}",
+                config.voters
+            )));
+        }
+        Self::start_inner(config, None).await
+    }
+
+    async fn start_inner(
+        config: ControllerConfig,
+        listener: Option<TcpListener>,
+    ) -> Result<Self, ControllerError> {
         config.validate()?;
         let raft_config = openraft::Config {
             cluster_name: "sluice".to_string(),
@@ -267,15 +287,17 @@ impl Controller {
         });
         tracing::info!(
             node_id = inner.node_id,
-            address = ?listener.local_addr().ok(),
+            address = ?listener.as_ref().and_then(|l| l.local_addr().ok()),
             voters = ?inner.config.voters,
             "controller started"
         );
-        let tasks = vec![
-            tokio::spawn(serve(inner.clone(), listener)),
+        let mut tasks = vec![
             tokio::spawn(initialize_when_ready(inner.clone())),
             tokio::spawn(check_broker_sessions(inner.clone())),
         ];
+        if let Some(listener) = listener {
+            tasks.push(tokio::spawn(serve(inner.clone(), listener)));
+        }
         inner.lock_tasks().extend(tasks);
         Ok(Self { inner })
     }

@@ -73,6 +73,9 @@ pub struct MetadataImage {
     pub configs: BTreeMap<ConfigResource, BTreeMap<String, String>>,
     /// First producer id not yet handed out.
     pub next_producer_id: i64,
+    /// Set once (`ClusterId` record); `None` until a broker claimed it.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 impl MetadataImage {
@@ -238,6 +241,11 @@ impl MetadataImage {
                 next_producer_id, ..
             } => {
                 self.next_producer_id = self.next_producer_id.max(*next_producer_id);
+            }
+            MetadataRecord::ClusterId { cluster_id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id.clone());
+                }
             }
         }
     }

@@ -145,4 +145,9 @@ pub enum MetadataRecord {
         broker_epoch: i64,
         next_producer_id: i64,
     },
+    /// The cluster id (Kafka's `cluster.id`), set once by the first broker that claims it;
+    /// every broker of the cluster answers clients with it.
+    ClusterId {
+        cluster_id: String,
+    },
 }

@@ -562,3 +562,26 @@ async fn whole_cluster_restarts_from_disk_without_reinitialising() {
         .contains_key(&before.topic_ids_by_name["durable"]));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sole_voter_works_without_a_listener_and_restarts_from_disk() {
+    let dir = TempDir::new().unwrap();
+    let config = || ControllerConfig::single_node(1, "127.0.0.1:0".into(), dir.path().join("m"));
+    let node = Controller::start_sole_voter(config()).await.unwrap();
+    register_and_unfence(&node, 1).await;
+    let topic_id = create(&node, "orders", 2, 1).await;
+    node.shutdown().await;
+    let node = Controller::start_sole_voter(config()).await.unwrap();
+    let mut images = node.image();
+    let image = images
+        .wait_for(|image| image.topics.contains_key(&topic_id))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(image.topics[&topic_id].partitions.len(), 2);
+    node.shutdown().await;
+    // A voter of a larger quorum needs its listener.
+    let voters = sluice_controller::parse_voters("1@127.0.0.1:1,2@127.0.0.1:2").unwrap();
+    let larger = ControllerConfig::new(1, voters, dir.path().join("other"));
+    assert!(Controller::start_sole_voter(larger).await.is_err());
+}

@@ -76,6 +76,17 @@ struct ServeArgs {
     /// Node id of this broker [default: 1].
     #[arg(long)]
     node_id: Option<i32>,
+    /// The controller quorum, `id@host:port,...` (Kafka's `controller.quorum.voters`)
+    /// [default: this node alone, in process].
+    #[arg(long)]
+    controller_quorum_voters: Option<String>,
+    /// Address the controller (Raft) listener binds, host:port [default: this node's
+    /// entry in the voters].
+    #[arg(long)]
+    controller_listener: Option<String>,
+    /// Rack of this broker (`broker.rack`), for rack-aware replica placement.
+    #[arg(long)]
+    broker_rack: Option<String>,
     /// TOML file of settings under Kafka's names, e.g. `"num.partitions" = 3`.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -123,6 +134,15 @@ fn collect_settings(args: &ServeArgs) -> anyhow::Result<Vec<(String, String)>> {
     }
     if let Some(node_id) = args.node_id {
         pairs.push(("node.id".into(), node_id.to_string()));
+    }
+    if let Some(voters) = &args.controller_quorum_voters {
+        pairs.push(("controller.quorum.voters".into(), voters.clone()));
+    }
+    if let Some(listener) = &args.controller_listener {
+        pairs.push(("controller.listener".into(), listener.clone()));
+    }
+    if let Some(rack) = &args.broker_rack {
+        pairs.push(("broker.rack".into(), rack.clone()));
     }
     for setting in &args.settings {
         let Some((key, value)) = setting.split_once('=') else {
@@ -180,7 +200,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(match cli.command {
-        Command::Serve(_) => "info",
+        // openraft logs every vote and membership step at info: its warnings are enough.
+        Command::Serve(_) => "info,openraft=warn",
         // The verifier breaks the broker on purpose: the SDK's reconnect warnings are noise.
         Command::Verify(_) => "warn,sluice_client=error",
         _ => "warn",

@@ -82,23 +82,34 @@ pub fn current_overrides(
 }
 
 /// Validates `configs` as the complete new override set of `target` and, unless
-/// `validate_only`, persists and applies it.
+/// `validate_only`, commits it through the controller and applies it.
+///
+/// The per-resource code of both alter APIs is synchronous; the controller round trip is
+/// awaited in place (`block_in_place`: config changes are rare admin requests, and the
+/// connection answers in order anyway).
 pub fn apply(
     broker: &Broker,
     target: Target<'_>,
     configs: &BTreeMap<String, String>,
     validate_only: bool,
 ) -> Result<(), Refusal> {
-    let result = match target {
-        Target::Topic(name) => broker
-            .replicas
-            .alter_topic_configs(name, configs, validate_only),
-        Target::Broker(layer) => {
-            broker
-                .replicas
-                .alter_broker_configs(layer, configs, validate_only)
-        }
-    };
+    let replicas = &broker.replicas;
+    let result = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            match target {
+                Target::Topic(name) => {
+                    replicas
+                        .alter_topic_configs(name, configs, validate_only)
+                        .await
+                }
+                Target::Broker(layer) => {
+                    replicas
+                        .alter_broker_configs(layer, configs, validate_only)
+                        .await
+                }
+            }
+        })
+    });
     result.map_err(|error: TopicError| (error.code(), error.to_string()))
 }
 

@@ -9,12 +9,14 @@ use kafka_protocol::ResponseError;
 use super::{ApiError, RequestContext};
 use crate::group::OFFSETS_TOPIC;
 
-pub fn handle(ctx: &RequestContext, request: CreatePartitionsRequest) -> Result<Bytes, ApiError> {
+pub async fn handle(
+    ctx: &RequestContext,
+    request: CreatePartitionsRequest,
+) -> Result<Bytes, ApiError> {
     let node = ctx.broker.node_id();
-    let results = request
-        .topics
-        .iter()
-        .map(|topic| {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let outcome = async {
             let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
             let foreign_broker = topic.assignments.iter().flatten().any(|assignment| {
                 assignment.broker_ids.len() != 1 || assignment.broker_ids[0].0 != node
@@ -37,13 +39,15 @@ pub fn handle(ctx: &RequestContext, request: CreatePartitionsRequest) -> Result<
                 topic.name.as_str(),
                 topic.count,
                 request.validate_only,
-            ) {
+            ).await {
                 Ok(()) => result,
                 Err(error) => result
                     .with_error_code(error.code())
                     .with_error_message(Some(StrBytes::from_string(error.to_string()))),
             }
-        })
-        .collect();
+        }
+        .await;
+        results.push(outcome);
+    }
     ctx.respond(&CreatePartitionsResponse::default().with_results(results))
 }

@@ -12,7 +12,7 @@ use super::describe_configs::topic_config_entries;
 use super::{ApiError, RequestContext};
 use crate::replica_manager::{NewTopic, TopicError};
 
-pub fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Result<Bytes, ApiError> {
+pub async fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Result<Bytes, ApiError> {
     let broker = &ctx.broker;
     let config = broker.config();
     let mut seen = std::collections::HashSet::new();
@@ -36,8 +36,13 @@ pub fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Result<Byte
             );
             continue;
         }
+        let mut assignments = Vec::new();
         let outcome = if !topic.assignments.is_empty() {
-            validate_assignments(ctx, topic).map(|partitions| (partitions, 1))
+            validate_assignments(topic).map(|manual| {
+                let partitions = i32::try_from(manual.len()).unwrap_or(i32::MAX);
+                assignments = manual;
+                (partitions, 1)
+            })
         } else {
             Ok((
                 if topic.num_partitions == -1 {
@@ -52,20 +57,26 @@ pub fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Result<Byte
                 },
             ))
         };
-        let outcome = outcome.and_then(|(partitions, replication_factor)| {
-            let configs = topic
-                .configs
-                .iter()
-                .map(|c| (c.name.as_str(), c.value.as_deref().unwrap_or("")))
-                .collect();
-            let new = NewTopic {
-                name,
-                partitions,
-                replication_factor,
-                configs,
-            };
-            broker.replicas.create_topic(&new, request.validate_only)
-        });
+        let outcome = match outcome {
+            Ok((partitions, replication_factor)) => {
+                let configs = topic
+                    .configs
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.value.as_deref().unwrap_or("")))
+                    .collect();
+                let new = NewTopic {
+                    name,
+                    partitions,
+                    replication_factor,
+                    configs,
+                };
+                broker
+                    .replicas
+                    .create_topic_with_assignments(&new, assignments, request.validate_only)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         results.push(match outcome {
             Ok(record) => {
                 let configs = topic_config_entries(&config, &record.configs, None)
@@ -98,34 +109,34 @@ pub fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Result<Byte
     ctx.respond(&response)
 }
 
-/// Manual replica assignments must name partitions 0..n in order, each on this node only.
+/// Manual replica assignments must name partitions 0..n in order, one replica each (the
+/// controller checks that the brokers are registered). Returns the replicas per partition.
 fn validate_assignments(
-    ctx: &RequestContext,
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
-) -> Result<i32, TopicError> {
+) -> Result<Vec<Vec<i32>>, TopicError> {
     if topic.num_partitions != -1 || topic.replication_factor != -1 {
         return Err(TopicError::InvalidRequest(
             "with manual assignments, numPartitions and replicationFactor must be -1".to_string(),
         ));
     }
-    let node = ctx.broker.node_id();
+    let mut replicas = Vec::with_capacity(topic.assignments.len());
     for (expected, assignment) in topic.assignments.iter().enumerate() {
         if usize::try_from(assignment.partition_index).ok() != Some(expected) {
             return Err(TopicError::InvalidPartitions(
                 "partitions of a manual assignment must be numbered 0..n".to_string(),
             ));
         }
-        if assignment.broker_ids.iter().any(|id| id.0 != node) || assignment.broker_ids.is_empty() {
-            return Err(TopicError::InvalidReplicationFactor(format!(
-                "partition {expected} is assigned to brokers other than {node}"
-            )));
-        }
         if assignment.broker_ids.len() != 1 {
             return Err(TopicError::InvalidReplicationFactor(
-                "replication factor larger than the 1 available broker".to_string(),
+                "partitions have 1 replica (replication is not implemented yet)".to_string(),
             ));
         }
+        replicas.push(assignment.broker_ids.iter().map(|id| id.0).collect());
     }
-    i32::try_from(topic.assignments.len())
-        .map_err(|_| TopicError::InvalidPartitions("too many partitions".to_string()))
+    if i32::try_from(replicas.len()).is_err() {
+        return Err(TopicError::InvalidPartitions(
+            "too many partitions".to_string(),
+        ));
+    }
+    Ok(replicas)
 }

@@ -10,7 +10,6 @@ use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
-use kafka_protocol::ResponseError;
 use sluice_log::LogError;
 
 use super::produce::log_error_code;
@@ -32,14 +31,12 @@ pub fn handle(ctx: &RequestContext, request: DeleteRecordsRequest) -> Result<Byt
                 .map(|wanted| {
                     let result = DeleteRecordsPartitionResult::default()
                         .with_partition_index(wanted.partition_index);
-                    match state
-                        .as_ref()
-                        .and_then(|s| s.partition(wanted.partition_index))
-                    {
-                        None => result
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                            .with_low_watermark(-1),
-                        Some(partition) => delete(partition, wanted.offset, result),
+                    match crate::replica_manager::leader_partition(
+                        state.as_ref(),
+                        wanted.partition_index,
+                    ) {
+                        Err(error) => result.with_error_code(error.code()).with_low_watermark(-1),
+                        Ok(partition) => delete(&partition, wanted.offset, result),
                     }
                 })
                 .collect();

@@ -11,7 +11,7 @@ use super::metadata::topic_name;
 use super::{ApiError, RequestContext};
 use crate::group::OFFSETS_TOPIC;
 
-pub fn handle(ctx: &RequestContext, request: DeleteTopicsRequest) -> Result<Bytes, ApiError> {
+pub async fn handle(ctx: &RequestContext, request: DeleteTopicsRequest) -> Result<Bytes, ApiError> {
     let replicas = &ctx.broker.replicas;
     // v0-5 name topics in `topic_names`; v6 uses `topics` with a name or an id.
     let mut wanted: Vec<(Option<String>, Uuid)> = request
@@ -25,9 +25,9 @@ pub fn handle(ctx: &RequestContext, request: DeleteTopicsRequest) -> Result<Byte
             .iter()
             .map(|t| (t.name.as_ref().map(|n| n.as_str().to_string()), t.topic_id)),
     );
-    let responses = wanted
-        .into_iter()
-        .map(|(name, id)| {
+    let mut responses = Vec::with_capacity(wanted.len());
+    for (name, id) in wanted {
+        let response = async {
             let name = match name {
                 Some(name) => Some(name),
                 None => replicas.topic_by_id(id).map(|t| t.record.name.clone()),
@@ -46,14 +46,16 @@ pub fn handle(ctx: &RequestContext, request: DeleteTopicsRequest) -> Result<Byte
                         "__consumer_offsets is internal: deleting it would lose every group's offsets",
                     )));
             }
-            match replicas.delete_topic(&name) {
+            match replicas.delete_topic(&name).await {
                 Ok(record) => result.with_topic_id(record.id),
                 Err(error) => result
                     .with_topic_id(id)
                     .with_error_code(error.code())
                     .with_error_message(Some(StrBytes::from_string(error.to_string()))),
             }
-        })
-        .collect();
+        }
+        .await;
+        responses.push(response);
+    }
     ctx.respond(&DeleteTopicsResponse::default().with_responses(responses))
 }

@@ -1,4 +1,5 @@
-//! DescribeCluster (key 60): the brokers of the cluster and its controller.
+//! DescribeCluster (key 60): the brokers of the cluster (unfenced, from the controller's
+//! image) and its controller.
 
 use bytes::Bytes;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -13,14 +14,20 @@ const ENDPOINT_TYPE_BROKERS: i8 = 1;
 
 pub fn handle(ctx: &RequestContext, request: DescribeClusterRequest) -> Result<Bytes, ApiError> {
     let broker = &ctx.broker;
-    let (host, port) = broker.config().advertised();
+    let brokers = super::metadata::live_brokers(broker)
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host))
+                .with_port(i32::from(port))
+                .with_rack(rack.map(StrBytes::from_string))
+        })
+        .collect();
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(broker.cluster_id().to_string()))
         .with_controller_id(BrokerId(broker.node_id()))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(broker.node_id()))
-            .with_host(StrBytes::from_string(host))
-            .with_port(i32::from(port))]);
+        .with_brokers(brokers);
     if ctx.version() >= 1 {
         response = response.with_endpoint_type(request.endpoint_type);
         if request.endpoint_type != ENDPOINT_TYPE_BROKERS {

@@ -45,7 +45,9 @@ fn config_type(kind: SettingKind) -> i8 {
         SettingKind::HostPort
         | SettingKind::Path
         | SettingKind::Choice(_)
-        | SettingKind::HostCounts => 2,
+        | SettingKind::HostCounts
+        | SettingKind::Text
+        | SettingKind::Voters => 2,
     }
 }
 

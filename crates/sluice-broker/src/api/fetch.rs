@@ -36,7 +36,7 @@ const READ_COMMITTED: i8 = 1;
 struct FetchTarget {
     topic_index: usize,
     partition_index: i32,
-    partition: Option<Arc<Partition>>,
+    partition: Result<Arc<Partition>, ResponseError>,
     fetch_offset: i64,
     max_bytes: usize,
     /// The leader epoch the client believes current (-1: unchecked), KIP-320.
@@ -63,10 +63,10 @@ async fn fetch(
             targets.push(FetchTarget {
                 topic_index,
                 partition_index: partition.partition,
-                partition: state
-                    .as_ref()
-                    .and_then(|s| s.partition(partition.partition))
-                    .cloned(),
+                partition: crate::replica_manager::leader_partition(
+                    state.as_ref(),
+                    partition.partition,
+                ),
                 fetch_offset: partition.fetch_offset,
                 max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
                 current_leader_epoch: partition.current_leader_epoch,
@@ -85,7 +85,12 @@ async fn fetch(
     let deadline = tokio::time::Instant::now() + wait;
     let mut watchers: Vec<watch::Receiver<i64>> = targets
         .iter()
-        .filter_map(|t| t.partition.as_ref().map(|p| p.subscribe_high_watermark()))
+        .filter_map(|t| {
+            t.partition
+                .as_ref()
+                .ok()
+                .map(|p| p.subscribe_high_watermark())
+        })
         .collect();
     let read_committed = request.isolation_level == READ_COMMITTED;
     let mut shutdown = ctx.broker.shutdown_signal();
@@ -116,7 +121,7 @@ async fn fetch(
             responses.get_mut(target.topic_index),
             slices_by_topic.get_mut(target.topic_index),
         ) {
-            crate::metrics::fetched(target.partition.as_deref(), slice.as_ref());
+            crate::metrics::fetched(target.partition.as_deref().ok(), slice.as_ref());
             topic.partitions.push(data);
             slices.push(slice);
         }
@@ -191,16 +196,19 @@ fn read_all(
         } else {
             data
         };
-        let Some(partition) = &target.partition else {
-            has_error = true;
-            out.push((
-                data.with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                    .with_high_watermark(-1)
-                    .with_last_stable_offset(-1)
-                    .with_records(Some(Bytes::new())),
-                None,
-            ));
-            continue;
+        let partition = match &target.partition {
+            Ok(partition) => partition,
+            Err(error) => {
+                has_error = true;
+                out.push((
+                    data.with_error_code(error.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_records(Some(Bytes::new())),
+                    None,
+                ));
+                continue;
+            }
         };
         if let Err(error) = partition.check_leader_epoch(target.current_leader_epoch) {
             has_error = true;

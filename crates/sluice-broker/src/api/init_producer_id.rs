@@ -2,8 +2,9 @@
 //!
 //! Without a transactional id Kafka hands out a fresh producer id with epoch 0 on every
 //! call, ignoring any id/epoch the client passes (KIP-360 bumps only matter for
-//! transactional ids); we do the same. Ids come from blocks persisted in the metadata
-//! store, so they are never reused across restarts.
+//! transactional ids); we do the same. Ids come from blocks the controller quorum hands
+//! this broker (`AllocateProducerIds`, committed in the metadata log), so they are never
+//! reused across restarts or brokers.
 //!
 //! Transactions are not supported: a non-null transactional id is answered with
 //! TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), the error Kafka gives a client that may not
@@ -17,7 +18,10 @@ use kafka_protocol::ResponseError;
 
 use super::{ApiError, RequestContext};
 
-pub fn handle(ctx: &RequestContext, request: InitProducerIdRequest) -> Result<Bytes, ApiError> {
+pub async fn handle(
+    ctx: &RequestContext,
+    request: InitProducerIdRequest,
+) -> Result<Bytes, ApiError> {
     let response = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
@@ -25,7 +29,7 @@ pub fn handle(ctx: &RequestContext, request: InitProducerIdRequest) -> Result<By
         tracing::info!(transactional_id = %transactional_id.as_str(), "InitProducerId for a transactional id refused: transactions are not supported");
         response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
     } else {
-        match ctx.broker.replicas.allocate_producer_id() {
+        match ctx.broker.replicas.allocate_producer_id().await {
             Ok(producer_id) => {
                 tracing::debug!(producer_id, "allocated a producer id");
                 response

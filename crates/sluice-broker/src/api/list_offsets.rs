@@ -28,17 +28,17 @@ pub fn handle(ctx: &RequestContext, request: ListOffsetsRequest) -> Result<Bytes
                 .map(|wanted| {
                     let response = ListOffsetsPartitionResponse::default()
                         .with_partition_index(wanted.partition_index);
-                    match state
-                        .as_ref()
-                        .and_then(|s| s.partition(wanted.partition_index))
-                    {
-                        None => response
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    match crate::replica_manager::leader_partition(
+                        state.as_ref(),
+                        wanted.partition_index,
+                    ) {
+                        Err(error) => response
+                            .with_error_code(error.code())
                             .with_timestamp(-1)
                             .with_offset(-1),
-                        Some(partition) => {
+                        Ok(partition) => {
                             match partition.check_leader_epoch(wanted.current_leader_epoch) {
-                                Ok(()) => lookup(partition, wanted.timestamp, version, response),
+                                Ok(()) => lookup(&partition, wanted.timestamp, version, response),
                                 Err(error) => response
                                     .with_error_code(error.code())
                                     .with_timestamp(-1)

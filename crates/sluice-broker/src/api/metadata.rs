@@ -13,21 +13,25 @@ use kafka_protocol::ResponseError;
 
 use super::{ApiError, RequestContext};
 use crate::broker::Broker;
-use crate::partition::SINGLE_NODE_LEADER_EPOCH;
 use crate::replica_manager::{NewTopic, TopicError, TopicState};
 
 pub fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
 
-pub fn handle(ctx: &RequestContext, request: MetadataRequest) -> Result<Bytes, ApiError> {
+pub async fn handle(ctx: &RequestContext, request: MetadataRequest) -> Result<Bytes, ApiError> {
     let broker = &ctx.broker;
     let version = ctx.version();
-    let (host, port) = broker.config().advertised();
-    let brokers = vec![MetadataResponseBroker::default()
-        .with_node_id(BrokerId(broker.node_id()))
-        .with_host(StrBytes::from_string(host))
-        .with_port(i32::from(port))];
+    let brokers = live_brokers(broker)
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host))
+                .with_port(i32::from(port))
+                .with_rack(rack.map(StrBytes::from_string))
+        })
+        .collect();
     // v0: an empty list means every topic; v1+: null means every topic.
     let wanted = match request.topics {
         None => None,
@@ -42,18 +46,21 @@ pub fn handle(ctx: &RequestContext, request: MetadataRequest) -> Result<Bytes, A
             .iter()
             .map(|topic| describe_topic(broker, topic))
             .collect(),
-        Some(requested) => requested
-            .iter()
-            .map(|wanted| match &wanted.name {
-                Some(name) => lookup_or_create(broker, name.as_str(), allow_auto_create),
-                None => match broker.replicas.topic_by_id(wanted.topic_id) {
-                    Some(topic) => describe_topic(broker, &topic),
-                    None => MetadataResponseTopic::default()
-                        .with_topic_id(wanted.topic_id)
-                        .with_error_code(ResponseError::UnknownTopicId.code()),
-                },
-            })
-            .collect(),
+        Some(requested) => {
+            let mut topics = Vec::with_capacity(requested.len());
+            for wanted in &requested {
+                topics.push(match &wanted.name {
+                    Some(name) => lookup_or_create(broker, name.as_str(), allow_auto_create).await,
+                    None => match broker.replicas.topic_by_id(wanted.topic_id) {
+                        Some(topic) => describe_topic(broker, &topic),
+                        None => MetadataResponseTopic::default()
+                            .with_topic_id(wanted.topic_id)
+                            .with_error_code(ResponseError::UnknownTopicId.code()),
+                    },
+                });
+            }
+            topics
+        }
     };
     let response = MetadataResponse::default()
         .with_brokers(brokers)
@@ -63,7 +70,7 @@ pub fn handle(ctx: &RequestContext, request: MetadataRequest) -> Result<Bytes, A
     ctx.respond(&response)
 }
 
-fn lookup_or_create(
+async fn lookup_or_create(
     broker: &Arc<Broker>,
     name: &str,
     allow_auto_create: bool,
@@ -85,7 +92,7 @@ fn lookup_or_create(
         replication_factor: broker.config().default_replication_factor(),
         configs: Vec::new(),
     };
-    match broker.replicas.create_topic(&new, false) {
+    match broker.replicas.create_topic(&new, false).await {
         Ok(_) | Err(TopicError::AlreadyExists(_)) => match broker.replicas.topic(name) {
             Some(topic) => describe_topic(broker, &topic),
             None => error_topic(ResponseError::UnknownTopicOrPartition.code()),
@@ -97,18 +104,58 @@ fn lookup_or_create(
     }
 }
 
+/// The brokers clients may talk to: every registered, unfenced broker of the image as
+/// `(id, host, port, rack)`, sorted by id; this broker is always listed (it answers).
+pub fn live_brokers(broker: &Broker) -> Vec<(i32, String, u16, Option<String>)> {
+    let image = broker.replicas.image();
+    let node_id = broker.node_id();
+    let mut brokers: Vec<(i32, String, u16, Option<String>)> = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced || b.broker_id == node_id)
+        .filter_map(|b| {
+            let endpoint = b.endpoints.first()?;
+            Some((
+                b.broker_id,
+                endpoint.host.clone(),
+                endpoint.port,
+                b.rack.clone(),
+            ))
+        })
+        .collect();
+    if !brokers.iter().any(|(id, ..)| *id == node_id) {
+        let (host, port) = broker.config().advertised();
+        brokers.push((node_id, host, port, broker.config().broker_rack()));
+        brokers.sort_by_key(|(id, ..)| *id);
+    }
+    brokers
+}
+
+/// A topic's partitions as the controller's image has them: leader (or LEADER_NOT_AVAILABLE
+/// while offline), leader epoch, replicas and ISR.
 fn describe_topic(broker: &Arc<Broker>, topic: &TopicState) -> MetadataResponseTopic {
-    let node = BrokerId(broker.node_id());
-    let partitions = topic
-        .partitions
+    let image = broker.replicas.image();
+    let registrations = image
+        .topics
+        .get(&topic.record.id)
+        .map(|t| t.partitions.as_slice())
+        .unwrap_or_default();
+    let ids = |nodes: &[i32]| nodes.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
+    let partitions = registrations
         .iter()
-        .map(|partition| {
-            MetadataResponsePartition::default()
-                .with_partition_index(partition.index)
-                .with_leader_id(node)
-                .with_leader_epoch(SINGLE_NODE_LEADER_EPOCH)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+        .zip(0..)
+        .map(|(registration, index)| {
+            let response = MetadataResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(BrokerId(registration.leader))
+                .with_leader_epoch(registration.leader_epoch)
+                .with_replica_nodes(ids(&registration.replicas))
+                .with_isr_nodes(ids(&registration.isr));
+            if registration.leader < 0 {
+                response.with_error_code(ResponseError::LeaderNotAvailable.code())
+            } else {
+                response
+            }
         })
         .collect();
     MetadataResponseTopic::default()

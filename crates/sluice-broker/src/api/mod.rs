@@ -160,22 +160,18 @@ pub async fn dispatch(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),
-        ApiKey::Metadata => now(metadata::handle(
-            &ctx,
-            decode(&mut body, api_key, version)?,
-        )?),
-        ApiKey::CreateTopics => now(create_topics::handle(
-            &ctx,
-            decode(&mut body, api_key, version)?,
-        )?),
-        ApiKey::DeleteTopics => now(delete_topics::handle(
-            &ctx,
-            decode(&mut body, api_key, version)?,
-        )?),
-        ApiKey::CreatePartitions => now(create_partitions::handle(
-            &ctx,
-            decode(&mut body, api_key, version)?,
-        )?),
+        ApiKey::Metadata => {
+            now(metadata::handle(&ctx, decode(&mut body, api_key, version)?).await?)
+        }
+        ApiKey::CreateTopics => {
+            now(create_topics::handle(&ctx, decode(&mut body, api_key, version)?).await?)
+        }
+        ApiKey::DeleteTopics => {
+            now(delete_topics::handle(&ctx, decode(&mut body, api_key, version)?).await?)
+        }
+        ApiKey::CreatePartitions => {
+            now(create_partitions::handle(&ctx, decode(&mut body, api_key, version)?).await?)
+        }
         ApiKey::DescribeConfigs => now(describe_configs::handle(
             &ctx,
             decode(&mut body, api_key, version)?,
@@ -236,10 +232,9 @@ pub async fn dispatch(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),
-        ApiKey::InitProducerId => now(init_producer_id::handle(
-            &ctx,
-            decode(&mut body, api_key, version)?,
-        )?),
+        ApiKey::InitProducerId => {
+            now(init_producer_id::handle(&ctx, decode(&mut body, api_key, version)?).await?)
+        }
         ApiKey::JoinGroup => join_group::handle(ctx, decode(&mut body, api_key, version)?),
         ApiKey::SyncGroup => sync_group::handle(ctx, decode(&mut body, api_key, version)?),
         ApiKey::OffsetCommit => offset_commit::handle(ctx, decode(&mut body, api_key, version)?),

@@ -29,10 +29,12 @@ pub fn handle(
                 .iter()
                 .map(|wanted| {
                     let answer = EpochEndOffset::default().with_partition(wanted.partition);
-                    let Some(partition) =
-                        state.as_ref().and_then(|s| s.partition(wanted.partition))
-                    else {
-                        return undefined(answer, ResponseError::UnknownTopicOrPartition);
+                    let partition = match crate::replica_manager::leader_partition(
+                        state.as_ref(),
+                        wanted.partition,
+                    ) {
+                        Ok(partition) => partition,
+                        Err(error) => return undefined(answer, error),
                     };
                     if let Err(error) = partition.check_leader_epoch(wanted.current_leader_epoch) {
                         return undefined(answer, error);

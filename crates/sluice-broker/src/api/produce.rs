@@ -78,18 +78,20 @@ pub fn handle(ctx: RequestContext, request: ProduceRequest) -> Result<Dispatched
         let topic = ctx.broker.replicas.topic(name);
         let mut outcomes = Vec::with_capacity(topic_data.partition_data.len());
         for data in topic_data.partition_data {
-            let partition = topic
-                .as_ref()
-                .and_then(|t| t.partition(data.index))
-                .cloned();
+            let partition = crate::replica_manager::leader_partition(topic.as_ref(), data.index);
             let outcome = match (&refusal, partition) {
                 (Some((code, message)), _) => error_outcome(data.index, *code, message.clone()),
-                (None, None) => error_outcome(
+                (None, Err(ResponseError::UnknownTopicOrPartition)) => error_outcome(
                     data.index,
                     ResponseError::UnknownTopicOrPartition.code(),
                     format!("unknown topic-partition {name}-{}", data.index),
                 ),
-                (None, Some(partition)) => append(&partition, data.records, acks, ctx.version()),
+                (None, Err(error)) => error_outcome(
+                    data.index,
+                    error.code(),
+                    format!("this broker does not lead {name}-{}", data.index),
+                ),
+                (None, Ok(partition)) => append(&partition, data.records, acks, ctx.version()),
             };
             failed |= outcome.response.error_code != 0;
             outcomes.push(outcome);

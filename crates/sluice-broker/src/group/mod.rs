@@ -92,7 +92,7 @@ impl GroupCoordinator {
     ) -> Result<Arc<GroupCoordinator>, TopicError> {
         if replicas.topic(OFFSETS_TOPIC).is_none() {
             let segment_bytes = config.offsets_topic_segment_bytes().to_string();
-            replicas.create_topic(
+            let created = replicas.create_topic_blocking(
                 &NewTopic {
                     name: OFFSETS_TOPIC,
                     partitions: config.offsets_topic_num_partitions(),
@@ -103,7 +103,12 @@ impl GroupCoordinator {
                     ],
                 },
                 false,
-            )?;
+            );
+            // In a cluster another broker may have created it first.
+            match created {
+                Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
+                Err(error) => return Err(error),
+            }
         } else {
             // A topic created by an older version was not compacted; Kafka's offsets topic is.
             replicas.ensure_topic_config(OFFSETS_TOPIC, "cleanup.policy", "compact")?;
@@ -250,9 +255,12 @@ impl GroupCoordinator {
         group_id: &str,
         records: Vec<(Bytes, Option<Bytes>)>,
     ) -> Result<(Arc<Partition>, i64), i16> {
+        // In a cluster only the leader of the group's offsets partition coordinates it:
+        // elsewhere NOT_COORDINATOR sends the client back to FindCoordinator.
         let partition = self
             .offsets_partition(group_id)
-            .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
+            .filter(|partition| partition.is_leader())
+            .ok_or(ResponseError::NotCoordinator.code())?;
         let now = now_ms();
         let records: Vec<Record> = records
             .into_iter()
@@ -406,11 +414,10 @@ impl GroupCoordinator {
                 let metadata = offset.metadata.clone().unwrap_or_default();
                 let code = if metadata.len() > self.metadata_max_bytes {
                     ResponseError::OffsetMetadataTooLarge.code()
-                } else if self
-                    .replicas
-                    .partition(&offset.topic, offset.partition)
-                    .is_none()
-                {
+                } else if !self.replicas.topic(&offset.topic).is_some_and(|t| {
+                    // The partition exists in the cluster (it may be hosted elsewhere).
+                    (0..t.record.partitions).contains(&offset.partition)
+                }) {
                     ResponseError::UnknownTopicOrPartition.code()
                 } else {
                     0
@@ -807,7 +814,7 @@ mod retention_tests {
         let coordinator = open(dir.path());
         coordinator
             .replicas
-            .create_topic(
+            .create_topic_blocking(
                 &NewTopic {
                     name: "t",
                     partitions: 1,
