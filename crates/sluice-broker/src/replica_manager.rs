@@ -188,8 +188,11 @@ pub struct ReplicaManager {
     incarnation_id: Uuid,
     /// The broker epoch the controller gave this incarnation (-1 before registration).
     broker_epoch: AtomicI64,
-    /// Serialises [`ReplicaManager::apply_image`] (the image task and requests both call it).
-    apply_lock: Mutex<()>,
+    /// Serialises [`ReplicaManager::apply_image`] (the image task and requests both call it)
+    /// and holds the log index of the newest image applied: an older image that arrives
+    /// later (the image task took it before a request applied a newer one) is skipped, or
+    /// it would undo the newer one (a topic just created would vanish for a moment).
+    apply_lock: Mutex<u64>,
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
     producer_ids: tokio::sync::Mutex<ProducerIdBlock>,
 }
@@ -225,7 +228,7 @@ impl ReplicaManager {
             controller: controller.clone(),
             incarnation_id: Uuid::new_v4(),
             broker_epoch: AtomicI64::new(-1),
-            apply_lock: Mutex::new(()),
+            apply_lock: Mutex::new(0),
             topics: RwLock::new(HashMap::new()),
             producer_ids: tokio::sync::Mutex::new(ProducerIdBlock::default()),
         });
@@ -460,7 +463,21 @@ impl ReplicaManager {
         image: &MetadataImage,
         adopt_existing_dirs: bool,
     ) -> Result<(), TopicError> {
-        let _applying = self.apply_lock.lock();
+        let mut applied_index = self.apply_lock.lock();
+        if image.last_applied_index < *applied_index {
+            return Ok(());
+        }
+        self.apply_image_locked(image, adopt_existing_dirs)?;
+        *applied_index = image.last_applied_index;
+        Ok(())
+    }
+
+    /// [`ReplicaManager::apply_image`] under its lock.
+    fn apply_image_locked(
+        &self,
+        image: &MetadataImage,
+        adopt_existing_dirs: bool,
+    ) -> Result<(), TopicError> {
         let configs_changed = self.apply_dynamic_configs(image);
         let config = self.config();
         let node_id = config.node_id();

@@ -9,19 +9,7 @@ use std::path::{Path, PathBuf};
 use sluice_broker::fuzzing::{FrameHarness, FrameOutcome};
 
 fn inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut inputs: Vec<(PathBuf, Vec<u8>)> = entries
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file() && path.extension().is_none_or(|e| e != "md"))
-        .map(|path| {
-            let bytes = std::fs::read(&path).unwrap();
-            (path, bytes)
-        })
-        .collect();
-    inputs.sort();
-    inputs
+    sluice_log::testing::fuzz_inputs(dir)
 }
 
 fn harness(dir: &Path) -> FrameHarness {

@@ -216,3 +216,18 @@ pub fn idempotent_batch(
     bytes[17..21].copy_from_slice(&crc.to_be_bytes());
     bytes
 }
+
+/// The files of a fuzz corpus or findings directory (not its `.md` notes), sorted, with
+/// their bytes; none when the directory does not exist. For the fuzz regression tests.
+pub fn fuzz_inputs(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut inputs: Vec<(std::path::PathBuf, Vec<u8>)> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.is_file() && path.extension().is_none_or(|e| e != "md"))
+        .filter_map(|path| std::fs::read(&path).ok().map(|bytes| (path, bytes)))
+        .collect();
+    inputs.sort();
+    inputs
+}

@@ -196,7 +196,17 @@ fn read_all(
         } else {
             data
         };
-        let partition = match &target.partition {
+        // Not served here (unknown, not the leader) or a stale leader epoch (KIP-320).
+        let checked = target
+            .partition
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|partition| {
+                partition
+                    .check_leader_epoch(target.current_leader_epoch)
+                    .map(|()| partition)
+            });
+        let partition = match checked {
             Ok(partition) => partition,
             Err(error) => {
                 has_error = true;
@@ -210,17 +220,6 @@ fn read_all(
                 continue;
             }
         };
-        if let Err(error) = partition.check_leader_epoch(target.current_leader_epoch) {
-            has_error = true;
-            out.push((
-                data.with_error_code(error.code())
-                    .with_high_watermark(-1)
-                    .with_last_stable_offset(-1)
-                    .with_records(Some(Bytes::new())),
-                None,
-            ));
-            continue;
-        }
         // KIP-74: only the first partition with data may exceed the limits (by one
         // batch, so a large batch cannot block a consumer); later partitions whose next
         // batch does not fit come back empty.
