@@ -962,6 +962,20 @@ mod tests {
         image.brokers[&broker].broker_epoch
     }
 
+    /// A heartbeat of `broker` at its current epoch.
+    fn heartbeat_request(
+        image: &MetadataImage,
+        broker: i32,
+        want_shutdown: bool,
+    ) -> ControllerRequest {
+        ControllerRequest::BrokerHeartbeat {
+            broker_id: broker,
+            broker_epoch: epoch(image, broker),
+            want_fence: false,
+            want_shutdown,
+        }
+    }
+
     #[test]
     fn create_topic_places_replicas_on_unfenced_brokers_and_validates() {
         let mut image = image_with_brokers(&[1, 2, 3]);
@@ -1096,20 +1110,7 @@ mod tests {
         assert_eq!(u.leader, 2, "unclean election picks an out-of-sync replica");
         assert_eq!(u.isr, vec![2]);
         // Broker 1 comes back (new heartbeat after fencing): it leads its offline partition.
-        let plan = plan(
-            &image,
-            &ControlConfig::default(),
-            &ControllerRequest::BrokerHeartbeat {
-                broker_id: 1,
-                broker_epoch: epoch(&image, 1),
-                want_fence: false,
-                want_shutdown: false,
-            },
-            Uuid::nil(),
-            0,
-        )
-        .unwrap();
-        apply_plan(&mut image, &plan);
+        run!(image, heartbeat_request(&image, 1, false)).unwrap();
         assert!(!image.brokers[&1].fenced);
         let c = image.partition(&clean, 0).unwrap();
         assert_eq!((c.leader, c.leader_epoch), (1, 2));
@@ -1200,13 +1201,7 @@ mod tests {
         )
         .unwrap();
         let topic_id = image.topic_by_name("t").unwrap().topic_id;
-        let beat = |image: &MetadataImage, shutdown| ControllerRequest::BrokerHeartbeat {
-            broker_id: 1,
-            broker_epoch: epoch(image, 1),
-            want_fence: false,
-            want_shutdown: shutdown,
-        };
-        let response = run!(image, beat(&image, true)).unwrap();
+        let response = run!(image, heartbeat_request(&image, 1, true)).unwrap();
         assert_eq!(
             response,
             ControllerResponse::Heartbeat {
@@ -1216,7 +1211,7 @@ mod tests {
         );
         assert_eq!(image.partition(&topic_id, 0).unwrap().leader, 2);
         // Next heartbeat: nothing left to move, the broker may exit.
-        let response = run!(image, beat(&image, true)).unwrap();
+        let response = run!(image, heartbeat_request(&image, 1, true)).unwrap();
         assert_eq!(
             response,
             ControllerResponse::Heartbeat {
@@ -1262,20 +1257,7 @@ mod tests {
             image.apply(80, &r);
         }
         // Broker 1 returns; in a real cluster it rejoins the ISR via AlterPartition.
-        let unfence = plan(
-            &image,
-            &ControlConfig::default(),
-            &ControllerRequest::BrokerHeartbeat {
-                broker_id: 1,
-                broker_epoch: epoch(&image, 1),
-                want_fence: false,
-                want_shutdown: false,
-            },
-            Uuid::nil(),
-            0,
-        )
-        .unwrap();
-        apply_plan(&mut image, &unfence);
+        run!(image, heartbeat_request(&image, 1, false)).unwrap();
         for (index, p) in image.topics[&topic_id]
             .partitions
             .clone()
