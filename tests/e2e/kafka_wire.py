@@ -4,7 +4,7 @@ Deliberately independent of any Kafka client library so that malformed frames
 can be crafted byte by byte. Only what the tests need is implemented:
 
 * request header v1 (non-flexible) and v2 (flexible)
-* ApiVersions v0 / v3, Metadata v1, Produce v3, Fetch v4
+* ApiVersions v0 / v3, Metadata v1 and v7, Produce v3, Fetch v4, FindCoordinator v1
 * RecordBatch v2 encoding (with CRC-32C) and decoding
 """
 
@@ -53,6 +53,7 @@ API_PRODUCE = 0
 API_FETCH = 1
 API_LIST_OFFSETS = 2
 API_METADATA = 3
+API_FIND_COORDINATOR = 10
 API_API_VERSIONS = 18
 
 NONE = 0
@@ -377,6 +378,68 @@ def parse_metadata_v1(r: Reader):
 def metadata_v1(conn: Conn, topics):
     r = conn.request(API_METADATA, 1, metadata_v1_body(topics))
     return parse_metadata_v1(r)
+
+
+# --------------------------------------------------------------------------
+# Metadata v7 (partition leader epochs, offline replicas)
+# --------------------------------------------------------------------------
+
+
+def metadata_v7_body(topics, allow_auto_topic_creation=False):
+    return array(topics, string) + i8(1 if allow_auto_topic_creation else 0)
+
+
+def parse_metadata_v7(r: Reader):
+    def broker(r):
+        return {"node_id": r.i32(), "host": r.string(), "port": r.i32(), "rack": r.string()}
+
+    def int_array(r):
+        return r.array(lambda r: r.i32())
+
+    def partition(r):
+        return {
+            "error_code": r.i16(),
+            "partition": r.i32(),
+            "leader": r.i32(),
+            "leader_epoch": r.i32(),
+            "replicas": int_array(r),
+            "isr": int_array(r),
+            "offline_replicas": int_array(r),
+        }
+
+    def topic(r):
+        return {
+            "error_code": r.i16(),
+            "name": r.string(),
+            "is_internal": r.i8(),
+            "partitions": r.array(partition),
+        }
+
+    throttle = r.i32()
+    brokers = r.array(broker)
+    cluster_id = r.string()
+    controller = r.i32()
+    topics = r.array(topic)
+    return {"throttle": throttle, "brokers": brokers, "cluster_id": cluster_id,
+            "controller": controller, "topics": topics}
+
+
+def metadata_v7(conn: Conn, topics, allow_auto_topic_creation=False):
+    r = conn.request(API_METADATA, 7, metadata_v7_body(topics, allow_auto_topic_creation))
+    return parse_metadata_v7(r)
+
+
+# --------------------------------------------------------------------------
+# FindCoordinator v1
+# --------------------------------------------------------------------------
+
+COORDINATOR_GROUP = 0
+
+
+def find_coordinator_v1(conn: Conn, key, key_type=COORDINATOR_GROUP):
+    r = conn.request(API_FIND_COORDINATOR, 1, string(key) + i8(key_type))
+    return {"throttle": r.i32(), "error_code": r.i16(), "error_message": r.string(),
+            "node_id": r.i32(), "host": r.string(), "port": r.i32()}
 
 
 # --------------------------------------------------------------------------

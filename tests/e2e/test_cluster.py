@@ -10,75 +10,18 @@ import signal
 import time
 from collections import defaultdict
 
-import pytest
-
-import kafka_wire as kw
-from conftest import (
-    confluent_consume_all,
-    create_topic,
-    free_port,
-    unique_topic,
-    wait_topic_partitions,
+from cluster_harness import (
+    LEADER_NOT_AVAILABLE,
+    NOT_LEADER_OR_FOLLOWER,
+    SESSION_TIMEOUT_MS,
+    broker_ids,
+    leaders,
+    metadata,
+    produce_one,
+    start_cluster,
+    wait_for,
 )
-
-NOT_LEADER_OR_FOLLOWER = 6
-LEADER_NOT_AVAILABLE = 5
-SESSION_TIMEOUT_MS = 3000
-
-
-def start_cluster(make_broker, size=3):
-    controller_ports = [free_port() for _ in range(size)]
-    voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(controller_ports))
-    brokers = []
-    for i in range(size):
-        brokers.append(make_broker(
-            name=f"node{i + 1}",
-            start=False,
-            settings={
-                "offsets.topic.num.partitions": 3,
-                "broker.session.timeout.ms": SESSION_TIMEOUT_MS,
-                "broker.heartbeat.interval.ms": 500,
-            },
-            extra_args=["--node-id", str(i + 1), "--controller-quorum-voters", voters,
-                        "--broker-rack", f"rack-{i % 2}"],
-        ))
-    # A broker serves once the quorum has a leader and it is registered: start all first.
-    for b in brokers:
-        b.start(wait=False)
-    for b in brokers:
-        b.wait_ready(timeout=60)
-    return brokers
-
-
-def metadata(broker, topics):
-    with kw.Conn("127.0.0.1", broker.port) as c:
-        return kw.metadata_v1(c, topics)
-
-
-def wait_for(condition, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: last={last}")
-
-
-def broker_ids(broker):
-    return sorted(b["node_id"] for b in metadata(broker, [])["brokers"])
-
-
-def leaders(broker, topic):
-    t = next(t for t in metadata(broker, [topic])["topics"] if t["name"] == topic)
-    return {p["partition"]: p for p in t["partitions"]}
-
-
-def produce_one(broker, topic, partition, value):
-    batch = kw.encode_batch([(b"k", value)])
-    with kw.Conn("127.0.0.1", broker.port) as c:
-        return kw.produce_v3(c, topic, partition, batch)
+from conftest import confluent_consume_all, create_topic, unique_topic, wait_topic_partitions
 
 
 def test_three_brokers_form_one_cluster_and_survive_losing_one(make_broker):
