@@ -151,7 +151,7 @@ def create_replicated_topic(bootstrap, name, partitions=1, replication_factor=3,
                        config=config or {})
     futs = admin.create_topics([new], operation_timeout=timeout)
     futs[name].result(timeout=timeout)
-    return wait_topic_partitions(bootstrap, name, partitions, timeout=timeout)
+    return wait_topic_partitions(bootstrap.split(",")[0], name, partitions, timeout=timeout)
 
 
 def wait_full_isr(brokers, topic, partitions, replication_factor, timeout=60):
@@ -237,6 +237,8 @@ class AckedProducer:
             "message.timeout.ms": 60000,
             "topic.metadata.refresh.interval.ms": 1000,
             "retry.backoff.ms": 100,
+            # A SIGSTOPped broker never answers: give up on its connections early.
+            "socket.timeout.ms": 10000,
         }
         conf.update(extra_conf or {})
         self.producer = Producer(conf)
@@ -273,6 +275,14 @@ class AckedProducer:
     def acked_count(self, partition=None):
         with self._lock:
             return sum(1 for a in self.acked if partition is None or a[2] == partition)
+
+    def acked_from(self, seq, partition=None):
+        """How many records sent as number `seq` or later were acknowledged (on `partition`):
+        proof that writes made after some event succeeded."""
+        with self._lock:
+            return sum(1 for _, value, p, _ in self.acked
+                       if int(value.rsplit(b"-", 1)[1]) >= seq
+                       and (partition is None or p == partition))
 
     def snapshot(self):
         with self._lock:
@@ -382,12 +392,14 @@ def check_acked(acked, consumed):
                 f"partition {partition}: ack at offset {offset} reported after offset "
                 f"{last_offset[partition]}")
         last_offset[partition] = offset
-    # Order: the acked records of each partition, sorted by their read offsets, must be in
-    # acknowledgement order.
+    # Order: the acked records of each partition, sorted by the offsets they were read at
+    # (first occurrence; duplicates are reported above), must be in acknowledgement order.
     ack_rank = {rec[1]: i for i, rec in enumerate(acked)}
     read_order = defaultdict(list)
+    ranked = set()
     for key, value, partition, offset in sorted(consumed, key=lambda r: (r[2], r[3])):
-        if value in ack_rank:
+        if value in ack_rank and value not in ranked:
+            ranked.add(value)
             read_order[partition].append(ack_rank[value])
     for partition, ranks in read_order.items():
         if ranks != sorted(ranks):
