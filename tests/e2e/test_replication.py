@@ -362,9 +362,9 @@ def test_consumer_group_keeps_consuming_through_a_coordinator_failover(make_brok
 
     def poll_until(condition, what, timeout):
         def step():
-            m = consumer.poll(0.5)
-            if m is not None and not m.error():
-                consumed.append((m.partition(), m.offset()))
+            for m in consumer.consume(num_messages=100, timeout=0.5):
+                if not m.error():
+                    consumed.append((m.partition(), m.offset()))
             return condition()
         wait_for(step, what, timeout=timeout)
 
