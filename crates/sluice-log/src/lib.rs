@@ -30,14 +30,16 @@ mod time_index;
 pub mod testing;
 
 pub use batch::{rewrite_header, validate_for_append, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
-pub use checkpoint::{write_atomically, LOG_START_OFFSET_FILE, RECOVERY_POINT_FILE};
+pub use checkpoint::{
+    write_atomically, HIGH_WATERMARK_FILE, LOG_START_OFFSET_FILE, RECOVERY_POINT_FILE,
+};
 pub use compression::{CompressionType, TimestampType, ATTRIBUTE_COMPRESSION_MASK};
 pub use error::LogError;
 pub use leader_epoch::{
     EpochEntry, LeaderEpochCache, LEADER_EPOCH_CHECKPOINT_FILE, UNDEFINED_EPOCH,
     UNDEFINED_EPOCH_OFFSET,
 };
-pub use log::{AppendInfo, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
+pub use log::{AppendInfo, FollowerAppend, Log, LogConfig, ReadSlice, SyncTarget, TimestampOffset};
 pub use producer_state::{
     increment_sequence, BatchMetadata, ProducerEntry, ProducerStateManager, BATCHES_PER_PRODUCER,
 };
