@@ -480,6 +480,28 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_gap_with_valid_crcs_is_kept() {
+        // As a follower copies batches from a compacted leader: 0, then 5..=7 holding
+        // two records.
+        let dir = tempfile::tempdir().unwrap();
+        let first = minimal_batch(b"one");
+        let mut second = minimal_batch(b"two");
+        second[0..8].copy_from_slice(&5i64.to_be_bytes());
+        second[23..27].copy_from_slice(&2i32.to_be_bytes());
+        fix_crc(&mut second);
+        let mut input = vec![0u8];
+        input.extend_from_slice(&first);
+        input.extend_from_slice(&second);
+        log_recovery(dir.path(), &input).unwrap();
+        let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!(
+            log.log_end_offset(),
+            9,
+            "both batches kept, append after them"
+        );
+    }
+
+    #[test]
     fn crc_repair_lets_a_stale_batch_through() {
         let dir = tempfile::tempdir().unwrap();
         let mut batch = minimal_batch(b"one");
