@@ -150,7 +150,8 @@ pub struct Log {
     dir: PathBuf,
     config: LogConfig,
     /// Sorted by base offset, never empty; the last one is active. Contiguous except for gaps
-    /// the cleaner leaves below the recovery point.
+    /// the cleaner leaves below the recovery point and follower rolls at a batch beyond the
+    /// log end (a compacted leader's gap).
     segments: Vec<Segment>,
     synced_offset: i64,
     recovery_point: i64,

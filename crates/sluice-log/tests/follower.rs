@@ -530,3 +530,19 @@ fn the_high_watermark_is_checkpointed_and_clamped() {
         assert_eq!(log.high_watermark(), None);
     }
 }
+
+#[test]
+fn an_empty_segment_left_by_a_gap_roll_does_not_hold_back_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20)).unwrap();
+    let huge = 1i64 << 33;
+    // An empty log rolls over the gap, keeping its empty first segment.
+    log.append_as_follower(&stamped(&batch(2, 5, 1_000), huge, 1), 0)
+        .unwrap();
+    assert_eq!(log.segment_count(), 2);
+    let now_ms = 1_000 + LogConfig::default().retention_ms + 1;
+    let deleted = log.apply_retention(now_ms).unwrap();
+    deleted.unlink().unwrap();
+    assert_eq!(log.log_start_offset(), huge + 2, "both segments expired");
+    assert_eq!(log.log_end_offset(), huge + 2);
+}
