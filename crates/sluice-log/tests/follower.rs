@@ -546,3 +546,23 @@ fn an_empty_segment_left_by_a_gap_roll_does_not_hold_back_retention() {
     assert_eq!(log.log_start_offset(), huge + 2, "both segments expired");
     assert_eq!(log.log_end_offset(), huge + 2);
 }
+
+#[test]
+fn a_demoted_leader_drops_its_empty_epoch_when_truncating_to_its_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(1 << 20)).unwrap();
+    log.append(&mut batch(4, 5, 0), 3, 0).unwrap();
+    // Led epoch 5 from offset 4 but wrote nothing; the new leader (epoch 6) has epoch-4
+    // batches from offset 4 on and answers OffsetForLeaderEpoch(5) with (4, 9).
+    log.assign_epoch_start(5).unwrap();
+    assert_eq!(epochs(&log), [(3, 0), (5, 4)]);
+    assert_eq!(log.truncate_to(9.min(log.log_end_offset())).unwrap(), 4);
+    assert_eq!(epochs(&log), [(3, 0)], "the conflicting entry is gone");
+    log.append_as_follower(&stamped(&batch(5, 5, 0), 4, 4), 0)
+        .unwrap();
+    assert_eq!(epochs(&log), [(3, 0), (4, 4)]);
+    assert_eq!(log.end_offset_for_epoch(4), (4, 9));
+    drop(log);
+    let log = Log::open(dir.path(), config(1 << 20)).unwrap();
+    assert_eq!(epochs(&log), [(3, 0), (4, 4)]);
+}
