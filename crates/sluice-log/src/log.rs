@@ -150,7 +150,8 @@ pub struct Log {
     dir: PathBuf,
     config: LogConfig,
     /// Sorted by base offset, never empty; the last one is active. Contiguous except for gaps
-    /// the cleaner leaves below the recovery point.
+    /// the cleaner leaves below the recovery point and follower rolls at a batch beyond the
+    /// log end (a compacted leader's gap).
     segments: Vec<Segment>,
     synced_offset: i64,
     recovery_point: i64,
@@ -810,10 +811,16 @@ impl Log {
     /// below `offset`; it is returned. Later segments are deleted, the producer state is
     /// reloaded from the newest snapshot at or below the new end, leader epochs past it are
     /// dropped, and the recovery point is checkpointed. An `offset` at or past the log end
-    /// changes nothing; one below the log start empties the log to start there
-    /// ([`Log::reset_to`]).
+    /// cuts no data (only leader epochs starting at or after it are dropped); one below the
+    /// log start empties the log to start there ([`Log::reset_to`]).
     pub fn truncate_to(&mut self, offset: i64) -> Result<i64, LogError> {
         if offset >= self.log_end_offset() {
+            // No data to cut, but an epoch this replica started as leader at its log end
+            // (`assign_epoch_start`) conflicts with the new leader's batches that will
+            // follow there: drop it, as Kafka's `truncateTo` does.
+            if self.leader_epochs.truncate_from_end(offset) {
+                self.leader_epochs.persist()?;
+            }
             return Ok(self.log_end_offset());
         }
         if offset < self.log_start_offset() {
