@@ -116,6 +116,48 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "Interval between a broker's heartbeats to the controller.",
     },
     SettingDef {
+        name: "replica.lag.time.max.ms",
+        aliases: &[],
+        default: "30000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "A follower that has not caught up with the leader's log end for this long leaves the ISR.",
+    },
+    SettingDef {
+        name: "replica.fetch.wait.max.ms",
+        aliases: &[],
+        default: "500",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "How long a follower's fetch waits at the leader for new data.",
+    },
+    SettingDef {
+        name: "replica.fetch.max.bytes",
+        aliases: &[],
+        default: "1048576",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Bytes a follower fetches per partition per request (at least one batch).",
+    },
+    SettingDef {
+        name: "replica.fetch.response.max.bytes",
+        aliases: &[],
+        default: "10485760",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "Bytes a follower fetches per request over all partitions (at least one batch).",
+    },
+    SettingDef {
+        name: "replica.fetch.backoff.ms",
+        aliases: &[],
+        default: "1000",
+        kind: SettingKind::Int { min: 0, max: I32_MAX },
+        doc: "Pause of a follower after a failed fetch (leader unreachable, partition moving).",
+    },
+    SettingDef {
+        name: "replica.socket.timeout.ms",
+        aliases: &[],
+        default: "30000",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "A follower drops its connection to a leader that does not answer a fetch within this (plus replica.fetch.wait.max.ms).",
+    },
+    SettingDef {
         name: "listeners",
         aliases: &["listen"],
         default: "127.0.0.1:9092",
@@ -450,6 +492,13 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         default: "4096",
         kind: SettingKind::Int { min: 0, max: 32_767 },
         doc: "Largest metadata string of one committed offset (else OFFSET_METADATA_TOO_LARGE).",
+    },
+    SettingDef {
+        name: "offsets.topic.replication.factor",
+        aliases: &[],
+        default: "3",
+        kind: SettingKind::Int { min: 1, max: 32_767 },
+        doc: "Replicas of each __consumer_offsets partition; capped at the brokers registered when the topic is created (1 on a single node).",
     },
     SettingDef {
         name: "offsets.topic.num.partitions",
@@ -1008,6 +1057,38 @@ impl BrokerConfig {
 
     pub fn offset_metadata_max_bytes(&self) -> usize {
         self.usize_value("offset.metadata.max.bytes")
+    }
+
+    pub fn offsets_topic_replication_factor(&self) -> i16 {
+        i16::try_from(self.int("offsets.topic.replication.factor")).unwrap_or(3)
+    }
+
+    pub fn replica_lag_time_max_ms(&self) -> i64 {
+        self.int("replica.lag.time.max.ms")
+    }
+
+    pub fn replica_fetch_wait_max_ms(&self) -> i32 {
+        i32::try_from(self.int("replica.fetch.wait.max.ms")).unwrap_or(500)
+    }
+
+    pub fn replica_fetch_max_bytes(&self) -> i32 {
+        i32::try_from(self.int("replica.fetch.max.bytes")).unwrap_or(1_048_576)
+    }
+
+    pub fn replica_fetch_response_max_bytes(&self) -> i32 {
+        i32::try_from(self.int("replica.fetch.response.max.bytes")).unwrap_or(10_485_760)
+    }
+
+    pub fn replica_fetch_backoff_ms(&self) -> u64 {
+        u64::try_from(self.int("replica.fetch.backoff.ms")).unwrap_or(1000)
+    }
+
+    pub fn replica_socket_timeout_ms(&self) -> u64 {
+        u64::try_from(self.int("replica.socket.timeout.ms")).unwrap_or(30_000)
+    }
+
+    pub fn message_max_bytes(&self) -> usize {
+        self.usize_value("message.max.bytes")
     }
 
     pub fn offsets_topic_num_partitions(&self) -> i32 {

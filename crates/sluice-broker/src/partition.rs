@@ -4,6 +4,14 @@
 //! Both waits are the same mechanism (Kafka's purgatory, reduced to its essence): a
 //! `watch` channel carrying an offset, and a waiter that parks until the offset passes
 //! its target or its deadline fires.
+//!
+//! Replication: the controller's image makes this broker the partition's leader or a
+//! follower ([`Partition::apply_registration`]). A leader publishes as high watermark the
+//! smallest log end offset over the ISR (see `crate::replication`), learnt from the
+//! followers' fetches ([`Partition::record_follower_fetch`]); an acks=all produce waits
+//! until the high watermark passes its batch *and* the batch is fsynced here. A follower
+//! appends what it fetched from the leader, unchanged ([`Partition::append_as_follower`]),
+//! and cuts its log back where it diverges ([`Partition::truncate_to`]).
 
 use kafka_protocol::ResponseError;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
@@ -12,13 +20,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use sluice_controller::image::PartitionRegistration;
 use sluice_log::{
-    prepare_batch_buf, AppendInfo, BatchBuf, BatchPolicy, Log, LogError, PendingDeletion, Prepared,
-    ReadSlice, TimestampOffset,
+    prepare_batch_buf, AppendInfo, BatchBuf, BatchPolicy, FollowerAppend, Log, LogError,
+    PendingDeletion, Prepared, ReadSlice, TimestampOffset,
 };
 use tokio::sync::{watch, Notify};
 
 use crate::flush::{DataDirSync, FlushMethod};
+use crate::replication::{IsrChange, ReplicaSet, Transition};
 use crate::topic_config::TopicSettings;
 
 /// The leader epoch of a new partition (the controller starts every partition at 0).
@@ -31,6 +41,8 @@ pub struct Partition {
     settings: Mutex<TopicSettings>,
     /// Offset below which records are visible to consumers (high watermark).
     high_watermark: watch::Sender<i64>,
+    /// The log end offset (follower fetches wait on it).
+    log_end: watch::Sender<i64>,
     /// Offset below which records are on disk.
     synced_offset: watch::Sender<i64>,
     flush_wanted: Notify,
@@ -55,6 +67,12 @@ pub struct Partition {
     leader_epoch: AtomicI32,
     /// Whether the image names this broker the partition's leader.
     is_leader: AtomicBool,
+    /// Role, ISR and (on the leader) the followers' progress.
+    replication: Mutex<ReplicaSet>,
+    /// Bumped whenever role or ISR change: acks=all waits re-check them.
+    replication_changed: watch::Sender<u64>,
+    /// `replica.lag.time.max.ms`, from the broker configuration.
+    replica_lag_max_ms: AtomicI64,
 }
 
 /// How long one kind of storage error stays quiet after it was logged.
@@ -90,11 +108,23 @@ impl ErrorLogLimiter {
 /// How an acks=all wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncWait {
+    /// Replicated to the ISR (the high watermark passed it) and on this broker's disk.
     Synced,
     /// An fsync failed; the batch may not be on disk (KAFKA_STORAGE_ERROR).
     Failed,
     TimedOut,
+    /// This broker no longer leads the partition (NOT_LEADER_OR_FOLLOWER): the batch may
+    /// or may not survive on the new leader, the producer retries.
+    NotLeader,
+    /// Replicated, but the ISR is below `min.insync.replicas`
+    /// (NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+    NotEnoughReplicas,
 }
+
+/// `replica.lag.time.max.ms` until the broker sets it (Kafka's default).
+const REPLICA_LAG_MAX_MS_DEFAULT: i64 = 30_000;
+/// How long an AlterPartition may stay unanswered before the leader asks again.
+const ISR_CHANGE_RETRY_MS: i64 = 5_000;
 
 /// What a fetch of one partition found.
 pub struct PartitionRead {
@@ -104,21 +134,29 @@ pub struct PartitionRead {
 }
 
 impl Partition {
+    /// A partition of broker `node_id`, neither leader nor follower until
+    /// [`Partition::apply_registration`]. Its high watermark starts where the log's
+    /// checkpoint left it (the log start without one).
     pub fn new(
         topic: Arc<str>,
         index: i32,
+        node_id: i32,
         log: Log,
         settings: TopicSettings,
         dir_sync: Arc<DataDirSync>,
     ) -> Arc<Partition> {
         let end = log.log_end_offset();
         let synced = log.synced_offset();
+        let high_watermark = log
+            .checkpointed_high_watermark()
+            .unwrap_or(log.log_start_offset());
         Arc::new(Partition {
             topic,
             index,
             log: Mutex::new(log),
             settings: Mutex::new(settings),
-            high_watermark: watch::channel(end).0,
+            high_watermark: watch::channel(high_watermark).0,
+            log_end: watch::channel(end).0,
             synced_offset: watch::channel(synced).0,
             flush_wanted: Notify::new(),
             dir_sync,
@@ -131,13 +169,127 @@ impl Partition {
             fsync_error_log: ErrorLogLimiter::default(),
             leader_epoch: AtomicI32::new(INITIAL_LEADER_EPOCH),
             is_leader: AtomicBool::new(false),
+            replication: Mutex::new(ReplicaSet::new(node_id)),
+            replication_changed: watch::channel(0).0,
+            replica_lag_max_ms: AtomicI64::new(REPLICA_LAG_MAX_MS_DEFAULT),
         })
     }
 
-    /// Takes leadership and leader epoch from the controller's metadata image.
-    pub fn set_leadership(&self, is_leader: bool, leader_epoch: i32) {
-        self.leader_epoch.store(leader_epoch, Ordering::SeqCst);
-        self.is_leader.store(is_leader, Ordering::SeqCst);
+    /// Takes role, leader epoch and ISR from the controller's metadata image. A broker that
+    /// becomes leader records where its epoch starts in the log (OffsetForLeaderEpoch
+    /// answers followers with it) and publishes what the ISR already has.
+    pub fn apply_registration(
+        &self,
+        registration: &PartitionRegistration,
+        replica_lag_max_ms: i64,
+        now_ms: i64,
+    ) -> Transition {
+        self.replica_lag_max_ms
+            .store(replica_lag_max_ms, Ordering::Relaxed);
+        let mut log = self.log.lock();
+        let mut replication = self.replication.lock();
+        let before = (replication.isr().to_vec(), replication.leader_epoch());
+        let transition = replication.apply(registration, log.log_end_offset(), now_ms);
+        if transition == Transition::BecameLeader {
+            if let Err(error) = log.assign_epoch_start(registration.leader_epoch) {
+                tracing::error!(topic = %self.topic, partition = self.index, %error, "cannot record the start of the leader epoch");
+            }
+        }
+        drop(log);
+        self.leader_epoch
+            .store(registration.leader_epoch, Ordering::SeqCst);
+        self.is_leader
+            .store(replication.is_leader(), Ordering::SeqCst);
+        let changed = (replication.isr().to_vec(), replication.leader_epoch()) != before;
+        drop(replication);
+        if transition != Transition::Unchanged || changed {
+            self.replication_changed
+                .send_modify(|generation| *generation += 1);
+            self.advance_high_watermark(now_ms);
+        }
+        transition
+    }
+
+    /// The ISR as the image has it.
+    pub fn isr(&self) -> Vec<i32> {
+        self.replication.lock().isr().to_vec()
+    }
+
+    /// Publishes the high watermark the ISR allows (leader only; it never goes back).
+    fn advance_high_watermark(&self, now_ms: i64) {
+        let log_end = *self.log_end.borrow();
+        let current = self.high_watermark();
+        let lag_max_ms = self.replica_lag_max_ms.load(Ordering::Relaxed);
+        let candidate = self
+            .replication
+            .lock()
+            .high_watermark(current, log_end, now_ms, lag_max_ms);
+        if let Some(candidate) = candidate {
+            self.high_watermark.send_if_modified(|mark| {
+                let moved = candidate > *mark;
+                if moved {
+                    *mark = candidate;
+                }
+                moved
+            });
+        }
+    }
+
+    /// A follower fetched at `fetch_offset` (it has everything below): may move the high
+    /// watermark, and returns the ISR change to ask for when the follower just caught up
+    /// (already noted as in flight: see [`Partition::isr_change_failed`]). False in the
+    /// first field when `replica` is not a follower of this leader.
+    pub fn record_follower_fetch(
+        &self,
+        replica: i32,
+        fetch_offset: i64,
+        now_ms: i64,
+    ) -> (bool, Option<IsrChange>) {
+        let log_end = *self.log_end.borrow();
+        let known = self
+            .replication
+            .lock()
+            .record_fetch(replica, fetch_offset, log_end, now_ms);
+        if !known {
+            return (false, None);
+        }
+        self.advance_high_watermark(now_ms);
+        let high_watermark = self.high_watermark();
+        let mut replication = self.replication.lock();
+        let change = replication.expansion(replica, high_watermark, now_ms, ISR_CHANGE_RETRY_MS);
+        if let Some(change) = &change {
+            replication.isr_change_sent(change, now_ms);
+        }
+        (true, change)
+    }
+
+    /// The ISR without followers that lag (`replica.lag.time.max.ms`), when there are any
+    /// (noted as in flight).
+    pub fn isr_shrink(&self, now_ms: i64) -> Option<IsrChange> {
+        let log_end = *self.log_end.borrow();
+        let lag_max_ms = self.replica_lag_max_ms.load(Ordering::Relaxed);
+        let mut replication = self.replication.lock();
+        let change = replication.shrink(log_end, now_ms, lag_max_ms, ISR_CHANGE_RETRY_MS);
+        if let Some(change) = &change {
+            replication.isr_change_sent(change, now_ms);
+        }
+        change
+    }
+
+    /// The controller refused (or did not answer) an ISR change: it may be asked again.
+    pub fn isr_change_failed(&self, change: &IsrChange) {
+        self.replication.lock().isr_change_failed(change);
+    }
+
+    /// Whether the ISR has at least `min.insync.replicas` members (acks=all may append).
+    pub fn has_min_isr(&self) -> Result<(), (usize, i32)> {
+        let min = self.settings.lock().min_insync_replicas;
+        let isr = self.replication.lock().isr().len();
+        if i64::try_from(isr).unwrap_or(i64::MAX) >= i64::from(min) {
+            Ok(())
+        } else {
+            Err((isr, min))
+        }
     }
 
     /// Whether this broker leads the partition (produce and fetch are served only then).
@@ -208,24 +360,111 @@ impl Partition {
             };
             (info, log.log_end_offset())
         };
-        self.high_watermark.send_replace(end);
         if info.duplicate {
             // Nothing was written: the original batch is already counted (or synced).
             return Ok((info, prepared));
         }
+        self.log_end.send_replace(end);
+        self.advance_high_watermark(now_ms);
+        self.count_unsynced(
+            i64::from(info.records_count),
+            batch.len(),
+            flush_messages,
+            flush_bytes,
+        );
+        Ok((info, prepared))
+    }
+
+    /// Counts appended data for `flush.messages` / `log.flush.interval.bytes` and wakes
+    /// the flusher when either is reached.
+    fn count_unsynced(&self, records: i64, bytes: usize, flush_messages: i64, flush_bytes: i64) {
         let unsynced = self
             .unsynced_records
-            .fetch_add(i64::from(info.records_count), Ordering::Relaxed)
-            + i64::from(info.records_count);
-        let batch_bytes = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+            .fetch_add(records, Ordering::Relaxed)
+            .saturating_add(records);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         let unsynced_bytes = self
             .unsynced_bytes
-            .fetch_add(batch_bytes, Ordering::Relaxed)
-            .saturating_add(batch_bytes);
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes);
         if unsynced >= flush_messages || unsynced_bytes >= flush_bytes {
             self.flush_wanted.notify_one();
         }
-        Ok((info, prepared))
+    }
+
+    /// A follower stores what it fetched from the leader as it is (offsets, epochs, bytes)
+    /// and takes the leader's high watermark, capped at its own log end.
+    pub fn append_as_follower(
+        &self,
+        records: &[u8],
+        leader_high_watermark: i64,
+        now_ms: i64,
+    ) -> Result<FollowerAppend, LogError> {
+        let (flush_messages, flush_bytes) = {
+            let settings = self.settings.lock();
+            (settings.flush_messages, settings.flush_bytes)
+        };
+        let (appended, end) = {
+            let mut log = self.log.lock();
+            let appended = log.append_as_follower(records, now_ms);
+            (appended, log.log_end_offset())
+        };
+        self.log_end.send_replace(end);
+        self.high_watermark
+            .send_replace(leader_high_watermark.clamp(0, end));
+        let appended = appended?;
+        if appended.batches > 0 {
+            self.count_unsynced(
+                appended.records_count,
+                appended.bytes,
+                flush_messages,
+                flush_bytes,
+            );
+        }
+        Ok(appended)
+    }
+
+    /// Cuts the log back so nothing at or after `offset` remains (a follower whose log
+    /// diverges from its leader's); returns the new log end. Offsets below the cut are no
+    /// longer known synced or visible beyond it.
+    pub fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
+        let mut log = self.log.lock();
+        let result = log.truncate_to(offset);
+        self.after_cut(&log);
+        result
+    }
+
+    /// Empties the log to start at `offset` (a follower entirely behind the leader's log
+    /// start).
+    pub fn reset_to(&self, offset: i64) -> Result<(), LogError> {
+        let mut log = self.log.lock();
+        let result = log.reset_to(offset);
+        self.after_cut(&log);
+        result
+    }
+
+    fn after_cut(&self, log: &Log) {
+        let end = log.log_end_offset();
+        self.log_end.send_replace(end);
+        self.high_watermark.send_if_modified(|mark| {
+            let moved = *mark > end;
+            if moved {
+                *mark = end;
+            }
+            moved
+        });
+        // Synced offsets past the cut would let a later append at those offsets look
+        // durable before its fsync.
+        self.synced_offset.send_replace(log.synced_offset());
+    }
+
+    /// The newest leader epoch in the log (-1 when empty): a follower's lastFetchedEpoch.
+    pub fn latest_epoch(&self) -> i32 {
+        self.log
+            .lock()
+            .leader_epochs()
+            .last()
+            .map_or(-1, |entry| entry.epoch)
     }
 
     /// Forgets idempotent producers idle for `expiration_ms`; returns how many.
@@ -246,33 +485,58 @@ impl Partition {
         self.wait_durable(offset_end, deadline).await == SyncWait::Synced
     }
 
-    /// [`Partition::wait_synced`] that also ends (with [`SyncWait::Failed`]) when an fsync
-    /// of this partition fails.
+    /// [`Partition::wait_synced`] with the reason a wait ended early: an fsync of this
+    /// partition failed, this broker stopped leading, or the ISR fell below
+    /// `min.insync.replicas` by the time the batch was replicated.
     pub async fn wait_durable(&self, offset_end: i64, deadline: tokio::time::Instant) -> SyncWait {
         let mut synced = self.synced_offset.subscribe();
-        if *synced.borrow_and_update() >= offset_end {
-            return SyncWait::Synced;
-        }
+        let mut replicated = self.high_watermark.subscribe();
         let mut failed = self.storage_failed.subscribe();
-        if *failed.borrow_and_update() {
-            return SyncWait::Failed;
-        }
-        self.flush_wanted.notify_one();
-        let waited = tokio::time::timeout_at(deadline, async {
-            tokio::select! {
-                reached = synced.wait_for(|o| *o >= offset_end) => {
-                    if reached.is_ok() { SyncWait::Synced } else { SyncWait::TimedOut }
-                }
-                _ = failed.wait_for(|f| *f) => SyncWait::Failed,
+        let mut changed = self.replication_changed.subscribe();
+        let mut asked_for_sync = false;
+        loop {
+            if *failed.borrow_and_update() {
+                return SyncWait::Failed;
             }
-        })
-        .await;
-        waited.unwrap_or(SyncWait::TimedOut)
+            changed.borrow_and_update();
+            if !self.is_leader() {
+                return SyncWait::NotLeader;
+            }
+            let is_synced = *synced.borrow_and_update() >= offset_end;
+            let is_replicated = *replicated.borrow_and_update() >= offset_end;
+            if is_synced && is_replicated {
+                return match self.has_min_isr() {
+                    Ok(()) => SyncWait::Synced,
+                    Err(_) => SyncWait::NotEnoughReplicas,
+                };
+            }
+            if !is_synced && !asked_for_sync {
+                self.flush_wanted.notify_one();
+                asked_for_sync = true;
+            }
+            let woken = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    _ = synced.changed() => {}
+                    _ = replicated.changed() => {}
+                    _ = failed.changed() => {}
+                    _ = changed.changed() => {}
+                }
+            })
+            .await;
+            if woken.is_err() {
+                return SyncWait::TimedOut;
+            }
+        }
     }
 
     /// A receiver that changes whenever the high watermark moves (for long polling).
     pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
+    }
+
+    /// A receiver that changes whenever the log end moves (follower fetches wait on it).
+    pub fn subscribe_log_end(&self) -> watch::Receiver<i64> {
+        self.log_end.subscribe()
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -284,7 +548,7 @@ impl Partition {
     }
 
     pub fn log_end_offset(&self) -> i64 {
-        self.log.lock().log_end_offset()
+        *self.log_end.borrow()
     }
 
     /// The leader epoch of this partition, as the controller's image has it (KIP-320 checks
@@ -313,11 +577,35 @@ impl Partition {
         self.log.lock().end_offset_for_epoch(epoch)
     }
 
-    /// Locates the bytes of a fetch; the copy happens outside the lock.
+    /// Locates the bytes of a consumer's fetch (below the high watermark); the copy
+    /// happens outside the lock.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<PartitionRead, LogError> {
+        self.read_below(offset, max_bytes, false)
+    }
+
+    /// Locates the bytes of a follower's fetch: up to the log end.
+    pub fn read_for_replica(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<PartitionRead, LogError> {
+        self.read_below(offset, max_bytes, true)
+    }
+
+    fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        to_log_end: bool,
+    ) -> Result<PartitionRead, LogError> {
         let log = self.log.lock();
         let high_watermark = self.high_watermark();
-        let slice = log.read(offset, max_bytes, high_watermark)?;
+        let limit = if to_log_end {
+            log.log_end_offset()
+        } else {
+            high_watermark
+        };
+        let slice = log.read(offset, max_bytes, limit)?;
         Ok(PartitionRead {
             high_watermark,
             log_start_offset: log.log_start_offset(),
@@ -424,14 +712,17 @@ impl Partition {
         self.closed.send_replace(true);
     }
 
-    /// Writes the index files and the recovery-point checkpoint.
+    /// Writes the index files, the recovery point and the high watermark checkpoints.
     pub fn checkpoint(&self) -> Result<(), LogError> {
-        self.log.lock().checkpoint()
+        let mut log = self.log.lock();
+        log.set_high_watermark(self.high_watermark());
+        log.checkpoint()
     }
 
     /// Fsyncs and checkpoints everything (clean shutdown).
     pub fn flush(&self) -> Result<(), LogError> {
         let mut log = self.log.lock();
+        log.set_high_watermark(self.high_watermark());
         log.flush()?;
         // The synced offset, not the log end: after a failed fsync they differ for good.
         let end = log.synced_offset();
@@ -512,11 +803,134 @@ mod tests {
     use super::*;
     use crate::config::BrokerConfig;
 
-    fn partition(dir: &std::path::Path) -> Arc<Partition> {
-        let settings = TopicSettings::resolve(&BTreeMap::new(), &BrokerConfig::default());
+    /// Partition `t-0` of broker 1, led by broker 1 with the given ISR.
+    fn partition_with_isr(dir: &std::path::Path, isr: &[i32], min_isr: &str) -> Arc<Partition> {
+        let configs = BTreeMap::from([("min.insync.replicas".to_string(), min_isr.to_string())]);
+        let settings = TopicSettings::resolve(&configs, &BrokerConfig::default());
         let log = Log::open(&dir.join("t-0"), settings.log.clone()).unwrap();
         let dir_sync = Arc::new(DataDirSync::open(dir).unwrap());
-        Partition::new(Arc::from("t"), 0, log, settings, dir_sync)
+        let partition = Partition::new(Arc::from("t"), 0, 1, log, settings, dir_sync);
+        partition.apply_registration(&registration(1, 0, 0, isr), 10_000, 0);
+        partition
+    }
+
+    fn partition(dir: &std::path::Path) -> Arc<Partition> {
+        partition_with_isr(dir, &[1], "1")
+    }
+
+    fn registration(
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: &[i32],
+    ) -> PartitionRegistration {
+        PartitionRegistration {
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            leader,
+            leader_epoch,
+            partition_epoch,
+        }
+    }
+
+    fn one_record_batch() -> Vec<u8> {
+        sluice_log::testing::batch(1, 8, 1)
+    }
+
+    #[tokio::test]
+    async fn acks_all_waits_until_every_isr_member_fetched_past_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition_with_isr(dir.path(), &[1, 2, 3], "2");
+        tokio::spawn(Arc::clone(&partition).run_flusher());
+        let mut batch = one_record_batch();
+        let info = partition.append(&mut batch, 1).unwrap();
+        assert_eq!(
+            partition.high_watermark(),
+            0,
+            "followers have not fetched it"
+        );
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let waiter = {
+            let partition = Arc::clone(&partition);
+            tokio::spawn(async move { partition.wait_durable(info.last_offset + 1, far).await })
+        };
+        assert_eq!(partition.record_follower_fetch(2, 1, 2), (true, None));
+        assert_eq!(partition.high_watermark(), 0, "follower 3 is still behind");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert_eq!(partition.record_follower_fetch(3, 1, 3), (true, None));
+        assert_eq!(partition.high_watermark(), 1);
+        assert_eq!(waiter.await.unwrap(), SyncWait::Synced);
+        // A broker that is no replica of the partition is not taken as a follower.
+        assert_eq!(partition.record_follower_fetch(9, 1, 4), (false, None));
+    }
+
+    #[tokio::test]
+    async fn acks_all_ends_when_leadership_moves_or_the_isr_shrinks_below_the_minimum() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition_with_isr(dir.path(), &[1, 2], "2");
+        tokio::spawn(Arc::clone(&partition).run_flusher());
+        assert_eq!(partition.has_min_isr(), Ok(()));
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let mut batch = one_record_batch();
+        partition.append(&mut batch, 1).unwrap();
+        let waiter = {
+            let partition = Arc::clone(&partition);
+            tokio::spawn(async move { partition.wait_durable(1, far).await })
+        };
+        tokio::task::yield_now().await;
+        // The controller drops follower 2 from the ISR: the batch is committed by the
+        // leader alone, below min.insync.replicas.
+        partition.apply_registration(&registration(1, 0, 1, &[1]), 10_000, 5);
+        assert_eq!(waiter.await.unwrap(), SyncWait::NotEnoughReplicas);
+        assert_eq!(partition.has_min_isr(), Err((1, 2)));
+
+        let mut batch = one_record_batch();
+        partition.append(&mut batch, 6).unwrap();
+        let waiter = {
+            let partition = Arc::clone(&partition);
+            tokio::spawn(async move { partition.wait_durable(2, far).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(
+            partition.apply_registration(&registration(2, 1, 2, &[2]), 10_000, 7),
+            Transition::BecameFollower { leader: 2 }
+        );
+        assert_eq!(waiter.await.unwrap(), SyncWait::NotLeader);
+    }
+
+    #[tokio::test]
+    async fn a_follower_copies_the_leader_and_a_cut_forgets_what_was_synced_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = partition_with_isr(dir.path(), &[1], "1");
+        for _ in 0..3 {
+            let mut batch = one_record_batch();
+            leader.append(&mut batch, 1).unwrap();
+        }
+        let read = leader.read_for_replica(0, 1 << 20).unwrap();
+        let bytes = read.slice.unwrap().read_to_vec().unwrap();
+
+        let follower_dir = tempfile::tempdir().unwrap();
+        let settings = TopicSettings::resolve(&BTreeMap::new(), &BrokerConfig::default());
+        let log = Log::open(&follower_dir.path().join("t-0"), settings.log.clone()).unwrap();
+        let dir_sync = Arc::new(DataDirSync::open(follower_dir.path()).unwrap());
+        let follower = Partition::new(Arc::from("t"), 0, 2, log, settings, dir_sync);
+        follower.apply_registration(&registration(1, 0, 0, &[1, 2]), 10_000, 0);
+        assert!(!follower.is_leader());
+        let appended = follower.append_as_follower(&bytes, 2, 1).unwrap();
+        assert_eq!((appended.first_offset, appended.last_offset), (0, 2));
+        assert_eq!(follower.log_end_offset(), 3);
+        assert_eq!(
+            follower.high_watermark(),
+            2,
+            "the leader's mark, capped at the log end"
+        );
+        follower.sync_once().await.unwrap();
+        assert_eq!(*follower.synced_offset.borrow(), 3);
+        assert_eq!(follower.truncate_to(1).unwrap(), 1);
+        assert_eq!(follower.log_end_offset(), 1);
+        assert_eq!(follower.high_watermark(), 1);
+        assert_eq!(*follower.synced_offset.borrow(), 1);
     }
 
     #[test]

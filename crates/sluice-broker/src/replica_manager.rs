@@ -30,15 +30,14 @@ use crate::config::{BrokerConfig, DynamicLayer};
 use crate::flush::DataDirSync;
 use crate::metadata_store::{MetadataError, MetadataStore, TopicRecord};
 use crate::partition::Partition;
+use crate::replica_fetcher::{FollowedPartition, ReplicaFetcherManager};
+use crate::replication::{IsrChange, Transition};
 use crate::topic_config::{validate_topic_configs, TopicSettings};
 
 /// Longest topic name Kafka accepts.
 pub const TOPIC_NAME_LENGTH_MAX: usize = 249;
 /// Upper bound on partitions of one topic, so a request cannot make us open millions of files.
 pub const TOPIC_PARTITIONS_MAX: i32 = 100_000;
-/// Replication arrives in stage 3 of the cluster plan: until then every partition has one
-/// replica.
-pub const REPLICATION_FACTOR_MAX: i16 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -195,6 +194,8 @@ pub struct ReplicaManager {
     apply_lock: Mutex<u64>,
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
     producer_ids: tokio::sync::Mutex<ProducerIdBlock>,
+    /// The follower side of replication: a fetcher per leader this broker follows.
+    fetchers: ReplicaFetcherManager,
 }
 
 impl ReplicaManager {
@@ -231,6 +232,7 @@ impl ReplicaManager {
             apply_lock: Mutex::new(0),
             topics: RwLock::new(HashMap::new()),
             producer_ids: tokio::sync::Mutex::new(ProducerIdBlock::default()),
+            fetchers: ReplicaFetcherManager::default(),
         });
         match manager.join_cluster(&legacy).await {
             Ok(()) => {}
@@ -317,6 +319,15 @@ impl ReplicaManager {
     /// The broker epoch of this incarnation (-1 before registration).
     pub fn broker_epoch(&self) -> i64 {
         self.broker_epoch.load(Ordering::SeqCst)
+    }
+
+    /// How many brokers may take new replicas now (registered, unfenced, not shutting down).
+    pub fn eligible_broker_count(&self) -> usize {
+        self.image()
+            .brokers
+            .values()
+            .filter(|b| b.is_eligible())
+            .count()
     }
 
     /// The controller's current metadata image as this node has applied it.
@@ -585,6 +596,17 @@ impl ReplicaManager {
                 .write()
                 .insert(name, Arc::new(TopicState { record, partitions }));
         }
+        self.apply_registrations(image, &config);
+        Ok(())
+    }
+
+    /// Gives every hosted partition its role, epoch and ISR from the image, and points
+    /// the fetchers at the leaders of the partitions this broker follows.
+    fn apply_registrations(&self, image: &MetadataImage, config: &Arc<BrokerConfig>) {
+        let node_id = config.node_id();
+        let lag_max_ms = config.replica_lag_time_max_ms();
+        let now_ms = crate::api::now_ms();
+        let mut followed: HashMap<i32, (String, Vec<FollowedPartition>)> = HashMap::new();
         for topic in image.topics.values() {
             let Some(state) = self.topic(&topic.name) else {
                 continue;
@@ -593,13 +615,112 @@ impl ReplicaManager {
                 let registration = usize::try_from(partition.index)
                     .ok()
                     .and_then(|i| topic.partitions.get(i));
-                if let Some(registration) = registration {
-                    partition
-                        .set_leadership(registration.leader == node_id, registration.leader_epoch);
+                let Some(registration) = registration else {
+                    continue;
+                };
+                let transition = partition.apply_registration(registration, lag_max_ms, now_ms);
+                match transition {
+                    Transition::Unchanged => {}
+                    Transition::BecameLeader => {
+                        tracing::info!(topic = %topic.name, partition = partition.index, leader_epoch = registration.leader_epoch, isr = ?registration.isr, "leading partition")
+                    }
+                    Transition::BecameFollower { leader } => {
+                        tracing::info!(topic = %topic.name, partition = partition.index, leader, leader_epoch = registration.leader_epoch, "following partition")
+                    }
+                    Transition::WentOffline => {
+                        tracing::warn!(topic = %topic.name, partition = partition.index, "partition offline: no leader")
+                    }
+                }
+                let leader = registration.leader;
+                if leader == node_id || leader == sluice_controller::records::NO_LEADER {
+                    continue;
+                }
+                let Some(address) = image
+                    .brokers
+                    .get(&leader)
+                    .and_then(|b| b.endpoints.first())
+                    .map(|e| format!("{}:{}", e.host, e.port))
+                else {
+                    tracing::warn!(topic = %topic.name, partition = partition.index, leader, "leader has no registered endpoint");
+                    continue;
+                };
+                followed
+                    .entry(leader)
+                    .or_insert_with(|| (address, Vec::new()))
+                    .1
+                    .push(FollowedPartition {
+                        partition: Arc::clone(partition),
+                        leader_epoch: registration.leader_epoch,
+                    });
+            }
+        }
+        self.fetchers.assign(config, followed);
+    }
+
+    /// Asks the controller for an ISR change of a partition this broker leads
+    /// (AlterPartition), in the background; the image brings the result. On refusal or
+    /// no answer the partition may ask again.
+    pub fn request_isr_change(self: &Arc<Self>, partition: Arc<Partition>, change: IsrChange) {
+        let Some(topic_id) = self.topic(&partition.topic).map(|t| t.record.id) else {
+            partition.isr_change_failed(&change);
+            return;
+        };
+        let request = ControllerRequest::AlterPartition {
+            broker_id: self.config().node_id(),
+            broker_epoch: self.broker_epoch(),
+            topic_id,
+            partition: partition.index,
+            leader_epoch: change.leader_epoch,
+            partition_epoch: change.partition_epoch,
+            new_isr: change.new_isr.clone(),
+        };
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            tracing::info!(topic = %partition.topic, partition = partition.index, new_isr = ?change.new_isr, "asking the controller to change the ISR");
+            match manager.controller.propose(request).await {
+                Ok(_) => {
+                    // Visible here once this node's image has it.
+                    let _ = manager
+                        .catch_up(|image| {
+                            image.partition(&topic_id, partition.index).is_none_or(|p| {
+                                p.partition_epoch > change.partition_epoch
+                                    || p.leader_epoch > change.leader_epoch
+                            })
+                        })
+                        .await;
+                }
+                Err(error) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, %error, "ISR change refused");
+                    partition.isr_change_failed(&change);
+                }
+            }
+        });
+    }
+
+    /// Every `replica.lag.time.max.ms / 2`, drops followers that lag from the ISR of the
+    /// partitions this broker leads (Kafka's `isr-expiration` task).
+    pub async fn run_isr_maintenance(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let lag_max_ms =
+                u64::try_from(self.config().replica_lag_time_max_ms()).unwrap_or(30_000);
+            let interval = Duration::from_millis((lag_max_ms / 2).max(1));
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = crate::server::stopped(&mut shutdown) => return,
+            }
+            let now_ms = crate::api::now_ms();
+            for topic in self.all_topics() {
+                for partition in &topic.partitions {
+                    if let Some(change) = partition.isr_shrink(now_ms) {
+                        tracing::warn!(topic = %partition.topic, partition = partition.index, new_isr = ?change.new_isr, "followers lag; shrinking the ISR");
+                        self.request_isr_change(Arc::clone(partition), change);
+                    }
                 }
             }
         }
-        Ok(())
     }
 
     /// Takes the dynamic broker configs (cluster default and this broker) from the image;
@@ -838,11 +959,10 @@ impl ReplicaManager {
         let image = self.image();
         let eligible = image.brokers.values().filter(|b| b.is_eligible()).count();
         if new.replication_factor < 1
-            || new.replication_factor > REPLICATION_FACTOR_MAX
             || usize::try_from(new.replication_factor).unwrap_or(usize::MAX) > eligible.max(1)
         {
             return Err(TopicError::InvalidReplicationFactor(format!(
-                "replication factor {} is not supported: partitions have 1 replica (replication is not implemented yet)",
+                "replication factor {} is not possible: {eligible} brokers can take replicas",
                 new.replication_factor
             )));
         }
@@ -1031,6 +1151,7 @@ impl ReplicaManager {
 
     /// Clean shutdown: stop flushers, fsync and checkpoint every partition.
     pub fn shutdown(&self) {
+        self.fetchers.stop_all();
         for topic in self.all_topics() {
             for partition in &topic.partitions {
                 partition.close();
@@ -1231,6 +1352,7 @@ fn open_topics(
             partitions.push(Partition::new(
                 Arc::clone(&name),
                 index,
+                config.node_id(),
                 log,
                 settings.clone(),
                 Arc::clone(dir_sync),

@@ -13,6 +13,11 @@ pub const RECOVERY_POINT_FILE: &str = "recovery-point";
 /// when the start sits inside the first segment (DeleteRecords); otherwise the first
 /// segment's base offset is the start.
 pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
+/// File name of the high watermark checkpoint inside a partition directory (format
+/// `0\n<offset>\n`: a version line, then the offset). Kafka keeps one
+/// `replication-offset-checkpoint` per data directory; one file per partition keeps a
+/// partition's state in its own directory, like every other checkpoint here.
+pub const HIGH_WATERMARK_FILE: &str = "high-watermark-checkpoint";
 /// Extension of the temporary file [`write_atomically`] renames into place.
 pub const TEMP_EXTENSION: &str = "tmp";
 
@@ -109,6 +114,42 @@ pub fn write_log_start_offset(dir: &Path, log_start_offset: i64) -> Result<(), L
     Ok(())
 }
 
+/// Reads the high watermark checkpoint. Missing means None; unreadable or malformed is
+/// logged and also None: the high watermark is only a hint for a restarting replica (it
+/// relearns the value from the leader), so it never makes opening a log fail.
+pub fn read_high_watermark(dir: &Path) -> Option<i64> {
+    let path = dir.join(HIGH_WATERMARK_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "high watermark checkpoint is unreadable; ignoring it");
+            return None;
+        }
+    };
+    let parsed = std::str::from_utf8(&bytes).ok().and_then(|text| {
+        let mut lines = text.lines();
+        let version = lines.next()?;
+        let offset = lines.next()?.trim().parse::<i64>().ok()?;
+        let rest_empty = lines.all(|line| line.trim().is_empty());
+        (version.trim() == "0" && offset >= 0 && rest_empty).then_some(offset)
+    });
+    if parsed.is_none() {
+        tracing::warn!(path = %path.display(), "high watermark checkpoint is malformed; ignoring it");
+    }
+    parsed
+}
+
+/// Writes the high watermark checkpoint atomically.
+pub fn write_high_watermark(dir: &Path, high_watermark: i64) -> Result<(), LogError> {
+    write_atomically(
+        dir,
+        HIGH_WATERMARK_FILE,
+        format!("0\n{high_watermark}\n").as_bytes(),
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +179,34 @@ mod tests {
         fs::create_dir(dir.path().join("other.tmp")).unwrap();
         assert!(write_atomically(dir.path(), "other", b"new").is_err());
         assert!(!dir.path().join("other").exists());
+    }
+
+    #[test]
+    fn high_watermark_round_trips_and_tolerates_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_high_watermark(dir.path()), None);
+        write_high_watermark(dir.path(), 12).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(HIGH_WATERMARK_FILE)).unwrap(),
+            "0\n12\n"
+        );
+        assert_eq!(read_high_watermark(dir.path()), Some(12));
+        for garbage in [
+            &b"\xff\xfe"[..],
+            b"0\n",
+            b"1\n12\n",
+            b"0\n-4\n",
+            b"0\nabc\n",
+            b"0\n12\n13\n",
+            b"",
+        ] {
+            fs::write(dir.path().join(HIGH_WATERMARK_FILE), garbage).unwrap();
+            assert_eq!(read_high_watermark(dir.path()), None, "{garbage:?}");
+        }
+        // A directory where the file should be: unreadable, still no error.
+        fs::remove_file(dir.path().join(HIGH_WATERMARK_FILE)).unwrap();
+        fs::create_dir(dir.path().join(HIGH_WATERMARK_FILE)).unwrap();
+        assert_eq!(read_high_watermark(dir.path()), None);
     }
 
     #[test]

@@ -133,8 +133,9 @@ const FLAG_RECOVERY_SECOND_SEGMENT: u8 = 1 << 4;
 /// length fields frame, so that mutations reach the checks behind the CRC.
 ///
 /// Properties: opening never panics; without a recovery point (everything is verified)
-/// the segment file afterwards holds only whole batches with valid CRCs and contiguous
-/// offsets ending at the log end offset; every read of the recovered log returns whole
+/// the segment file afterwards holds only whole batches with valid CRCs and increasing
+/// offsets (forward gaps allowed, as a follower copies them from a compacted leader)
+/// ending at the log end offset; every read of the recovered log returns whole
 /// batches with valid CRCs; an append afterwards succeeds and reads back byte for byte.
 pub fn log_recovery(dir: &Path, data: &[u8]) -> Result<(), LogError> {
     let Some((&flags, mut rest)) = data.split_first() else {
@@ -308,9 +309,23 @@ fn check_segment_files(dir: &Path, end: i64) {
         }
         let header = BatchHeader::parse(&bytes)
             .unwrap_or_else(|e| panic!("recovered segment {base} starts with garbage: {e}"));
-        assert_eq!(header.base_offset, base, "segment {base} starts elsewhere");
+        assert!(
+            header.base_offset >= base,
+            "segment {base} starts below its base"
+        );
         if let Some(want) = expected {
-            assert_eq!(base, want, "segment {base} does not continue the log");
+            // A forward gap between segments (a follower's roll at a compacted leader's
+            // batch) is kept only when the later segment starts with a batch at its base.
+            assert!(
+                base >= want,
+                "segment {base} overlaps the log before it ({want})"
+            );
+            if base > want {
+                assert_eq!(
+                    header.base_offset, base,
+                    "segment {base} after a gap starts elsewhere"
+                );
+            }
         }
         let next = check_batches(&bytes, base)
             .unwrap_or_else(|e| panic!("recovered segment {base} holds bad bytes: {e}"));
@@ -322,7 +337,9 @@ fn check_segment_files(dir: &Path, end: i64) {
 }
 
 /// Walks whole batches covering `bytes` exactly; returns the offset after the last one.
-/// The first batch must contain `offset`; later ones must follow without gaps.
+/// The first batch must end at or after `offset`; later ones must follow, with forward
+/// gaps allowed (compacted batches, also copied by a follower); counts must fit the offset
+/// range (fewer records than it after compaction, even none).
 fn check_batches(bytes: &[u8], offset: i64) -> Result<i64, String> {
     let mut position = 0;
     let mut expected: Option<i64> = None;
@@ -332,18 +349,24 @@ fn check_batches(bytes: &[u8], offset: i64) -> Result<i64, String> {
         header
             .verify_crc(batch)
             .map_err(|e| format!("at {position}: {e}"))?;
-        header
-            .verify_counts()
-            .map_err(|e| format!("at {position}: {e}"))?;
+        if header.last_offset_delta < 0
+            || header.records_count < 0
+            || header.records_count - 1 > header.last_offset_delta
+        {
+            return Err(format!(
+                "at {position}: recordsCount {} does not fit lastOffsetDelta {}",
+                header.records_count, header.last_offset_delta
+            ));
+        }
         match expected {
-            None if header.base_offset > offset || header.last_offset() < offset => {
+            None if header.last_offset() < offset => {
                 return Err(format!(
-                    "first batch {}..={} does not hold {offset}",
+                    "first batch {}..={} ends before {offset}",
                     header.base_offset,
                     header.last_offset()
                 ))
             }
-            Some(want) if header.base_offset != want => {
+            Some(want) if header.base_offset < want => {
                 return Err(format!("batch at {} follows {want}", header.base_offset))
             }
             _ => {}
@@ -454,6 +477,28 @@ mod tests {
         let log = Log::open(dir.path(), LogConfig::default()).unwrap();
         assert_eq!(log.log_end_offset(), 3, "two segments and the append");
         assert!(log.segment_count() >= 2);
+    }
+
+    #[test]
+    fn a_forward_gap_with_valid_crcs_is_kept() {
+        // As a follower copies batches from a compacted leader: 0, then 5..=7 holding
+        // two records.
+        let dir = tempfile::tempdir().unwrap();
+        let first = minimal_batch(b"one");
+        let mut second = minimal_batch(b"two");
+        second[0..8].copy_from_slice(&5i64.to_be_bytes());
+        second[23..27].copy_from_slice(&2i32.to_be_bytes());
+        fix_crc(&mut second);
+        let mut input = vec![0u8];
+        input.extend_from_slice(&first);
+        input.extend_from_slice(&second);
+        log_recovery(dir.path(), &input).unwrap();
+        let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!(
+            log.log_end_offset(),
+            9,
+            "both batches kept, append after them"
+        );
     }
 
     #[test]

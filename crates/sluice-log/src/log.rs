@@ -150,7 +150,8 @@ pub struct Log {
     dir: PathBuf,
     config: LogConfig,
     /// Sorted by base offset, never empty; the last one is active. Contiguous except for gaps
-    /// the cleaner leaves below the recovery point.
+    /// the cleaner leaves below the recovery point and follower rolls at a batch beyond the
+    /// log end (a compacted leader's gap).
     segments: Vec<Segment>,
     synced_offset: i64,
     recovery_point: i64,
@@ -175,6 +176,13 @@ pub struct Log {
     /// cut back (the segment may end in a torn batch) or an fsync failed (the kernel may
     /// have dropped unsynced pages). Reads keep working; recovery at the next open repairs it.
     failed: Option<String>,
+    /// The partition's high watermark as the broker last set it (None until set or loaded),
+    /// checkpointed in `high-watermark-checkpoint` (see `follower.rs`).
+    high_watermark: Option<i64>,
+    /// What `high-watermark-checkpoint` said when the log was opened (unclamped).
+    high_watermark_at_open: Option<i64>,
+    /// The value the checkpoint file holds now, so unchanged values are not rewritten.
+    high_watermark_written: Option<i64>,
 }
 
 impl Log {
@@ -214,7 +222,11 @@ impl Log {
             leader_epochs: LeaderEpochCache::empty(dir),
             truncations: 0,
             failed: None,
+            high_watermark: None,
+            high_watermark_at_open: None,
+            high_watermark_written: None,
         };
+        log.load_high_watermark();
         log.log_start_offset = read_log_start_offset(dir)?
             .unwrap_or(0)
             .min(log.log_end_offset());
@@ -300,7 +312,10 @@ impl Log {
     fn load_leader_epochs(&mut self) -> Result<(), LogError> {
         let log_end_offset = self.log_end_offset();
         if let Some(mut cache) = LeaderEpochCache::load(&self.dir)? {
-            if cache.truncate_from_end(log_end_offset) {
+            // An entry starting exactly at the log end stays: a leader records its epoch
+            // there before it has data of it (`assign_epoch_start`), and OffsetForLeaderEpoch
+            // for the epoch before must keep ending there after a restart.
+            if cache.truncate_from_end(log_end_offset.saturating_add(1)) {
                 cache.persist()?;
             }
             self.leader_epochs = cache;
@@ -492,7 +507,7 @@ impl Log {
         let last_offset = base_offset
             .checked_add(i64::from(header.last_offset_delta))
             .ok_or_else(|| LogError::InvalidBatch("offsets overflow i64".to_string()))?;
-        self.maybe_roll(batch.len(), last_offset, now_ms)?;
+        self.maybe_roll(batch.len(), last_offset, base_offset, now_ms)?;
         let (head, body) = batch.split_at(BATCH_HEADER_BYTES.min(batch.len()));
         let mut head_rewritten = [0u8; BATCH_HEADER_BYTES];
         head_rewritten.copy_from_slice(
@@ -547,8 +562,11 @@ impl Log {
         last_offset: i64,
         now_ms: i64,
     ) -> bool {
+        let offsets_overflow = active.relative_offset(last_offset).is_none();
         if active.is_empty() {
-            return false;
+            // Only a follower's batch after a huge forward gap can overflow an empty
+            // segment's relative offsets.
+            return offsets_overflow;
         }
         let size_after_bytes = u64::from(active.size_bytes).saturating_add(batch_bytes as u64);
         let too_big =
@@ -556,14 +574,17 @@ impl Log {
         let too_old = active.first_append_ms.is_some_and(|first_append_ms| {
             now_ms.saturating_sub(first_append_ms) >= self.config.segment_ms
         });
-        let offsets_overflow = active.relative_offset(last_offset).is_none();
         too_big || too_old || offsets_overflow
     }
 
+    /// Rolls to a new segment starting at `roll_offset` (the batch's base offset: the log
+    /// end for a leader append, possibly beyond it after a follower's forward gap) when the
+    /// batch does not fit the active segment.
     fn maybe_roll(
         &mut self,
         batch_bytes: usize,
         last_offset: i64,
+        roll_offset: i64,
         now_ms: i64,
     ) -> Result<(), LogError> {
         let Some(active) = self.segments.last() else {
@@ -572,7 +593,7 @@ impl Log {
         if !self.should_roll(active, batch_bytes, last_offset, now_ms) {
             return Ok(());
         }
-        let base_offset = active.next_offset;
+        let base_offset = roll_offset.max(active.next_offset);
         let rolled = (active.next_offset, Arc::clone(&active.file));
         let segment = Segment::create(&self.dir, base_offset).map_err(|error| {
             Segment::remove_failed_create(&self.dir, base_offset);
@@ -755,6 +776,7 @@ impl Log {
         {
             self.leader_epochs.persist()?;
         }
+        self.checkpoint_high_watermark()?;
         self.snapshot_producer_state()
     }
 
@@ -789,10 +811,16 @@ impl Log {
     /// below `offset`; it is returned. Later segments are deleted, the producer state is
     /// reloaded from the newest snapshot at or below the new end, leader epochs past it are
     /// dropped, and the recovery point is checkpointed. An `offset` at or past the log end
-    /// changes nothing; one below the log start empties the log to start there
-    /// ([`Log::reset_to`]).
+    /// cuts no data (only leader epochs starting at or after it are dropped); one below the
+    /// log start empties the log to start there ([`Log::reset_to`]).
     pub fn truncate_to(&mut self, offset: i64) -> Result<i64, LogError> {
         if offset >= self.log_end_offset() {
+            // No data to cut, but an epoch this replica started as leader at its log end
+            // (`assign_epoch_start`) conflicts with the new leader's batches that will
+            // follow there: drop it, as Kafka's `truncateTo` does.
+            if self.leader_epochs.truncate_from_end(offset) {
+                self.leader_epochs.persist()?;
+            }
             return Ok(self.log_end_offset());
         }
         if offset < self.log_start_offset() {
@@ -877,6 +905,7 @@ impl Log {
         self.recovery_point = self.recovery_point.min(log_end_offset);
         self.producer_state = ProducerStateManager::new();
         self.producer_snapshot_offset = None;
+        self.clamp_high_watermark();
         self.load_producer_state()?;
         if self.leader_epochs.truncate_from_end(log_end_offset) {
             self.leader_epochs.persist()?;
@@ -998,10 +1027,12 @@ fn load_segments(
     let mut segments: Vec<Segment> = Vec::with_capacity(base_offsets.len());
     for (i, &base_offset) in base_offsets.iter().enumerate() {
         let previous_end = segments.last().map(|segment| segment.next_offset);
-        // The cleaner leaves gaps between segments, always below the recovery point.
-        let follows = previous_end.is_none_or(|end| {
-            end == base_offset || (end < base_offset && base_offset <= recovery_point)
-        });
+        // Segments never overlap. A forward gap between them is left by the cleaner (below
+        // the recovery point) or by a follower that rolled at a batch of a compacted
+        // leader: that segment starts with a batch at its base offset.
+        let follows = previous_end.is_none_or(|end| end <= base_offset);
+        let gap_above_recovery_point =
+            previous_end.is_some_and(|end| end < base_offset && base_offset > recovery_point);
         if !follows {
             tracing::warn!(dir = %dir.display(), segment = base_offset, previous_end, "segment does not follow the previous one; deleting it and later segments");
             delete_segments(dir, &base_offsets[i..], report)?;
@@ -1014,6 +1045,12 @@ fn load_segments(
             config.index_interval_bytes,
             report,
         )?;
+        if gap_above_recovery_point && !starts_at_its_base(&loaded.segment)? {
+            tracing::warn!(dir = %dir.display(), segment = base_offset, previous_end, "segment after a gap does not start with a batch at its base offset; deleting it and later segments");
+            drop(loaded);
+            delete_segments(dir, &base_offsets[i..], report)?;
+            break;
+        }
         segments.push(loaded.segment);
         if loaded.truncated {
             delete_segments(dir, &base_offsets[i + 1..], report)?;
@@ -1021,6 +1058,14 @@ fn load_segments(
         }
     }
     Ok(segments)
+}
+
+/// True when the segment's first batch starts at the segment's base offset.
+fn starts_at_its_base(segment: &Segment) -> Result<bool, LogError> {
+    if segment.is_empty() {
+        return Ok(false);
+    }
+    Ok(segment.read_header_at(0)?.base_offset == segment.base_offset)
 }
 
 fn delete_segments(
@@ -1107,6 +1152,9 @@ fn find_in_batch(
             offset: record.offset,
         }))
 }
+
+mod follower;
+pub use follower::FollowerAppend;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Loading one segment at open: trust indexes up to the recovery point, scan batch by batch
-//! (length sanity, magic, contiguous offsets, CRC32C from the recovery point on) and
-//! truncate the file at the first bad byte.
+//! (length sanity, magic, offsets that never go backwards, record counts that fit the
+//! offset range, CRC32C from the recovery point on) and truncate the file at the first bad
+//! byte.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -257,25 +258,29 @@ fn check_batch_at(
             header.last_offset_delta
         )));
     }
-    // Below the recovery point the cleaner may have removed batches (a forward gap) and
-    // records inside batches (fewer records than lastOffsetDelta + 1, even none); above it, appends are
-    // contiguous and whole.
-    let cleaned_region = header.last_offset() < recovery_point;
-    let follows = header.base_offset == segment.next_offset
-        || (cleaned_region && header.base_offset > segment.next_offset);
-    if !follows {
+    // Offsets only move forward, but not necessarily contiguously: the cleaner removes
+    // batches (a forward gap) and records inside batches (fewer records than
+    // lastOffsetDelta + 1, even none), and a follower copies such batches from a compacted
+    // leader, also above the recovery point, where the CRC check below vouches for them.
+    // An overlap is never accepted.
+    if header.base_offset < segment.next_offset {
         return Ok(Err(format!(
             "base offset {} does not follow the previous batch end {}",
             header.base_offset, segment.next_offset
         )));
     }
-    let counts_ok = if cleaned_region {
-        // Zero records: a producer's last batch, emptied but kept for its sequence state.
-        header.records_count >= 0 && header.records_count - 1 <= header.last_offset_delta
-    } else {
-        header.verify_counts().is_ok()
-    };
-    if !counts_ok {
+    // Every batch of a segment fits its 32-bit relative offsets (appends roll before one
+    // would not); a base offset beyond that is a damaged header (it is outside the CRC).
+    if segment.relative_offset(header.last_offset()).is_none() {
+        return Ok(Err(format!(
+            "batch offsets {}..={} do not fit segment {}",
+            header.base_offset,
+            header.last_offset(),
+            segment.base_offset
+        )));
+    }
+    // Zero records: a producer's last batch, emptied but kept for its sequence state.
+    if header.records_count < 0 || header.records_count - 1 > header.last_offset_delta {
         return Ok(Err(format!(
             "recordsCount {} and lastOffsetDelta {} are inconsistent",
             header.records_count, header.last_offset_delta

@@ -109,7 +109,9 @@ impl SegmentSummary {
 /// Decides which oldest segments go, one reason each, in Kafka's order: segments below the
 /// log start offset (always), then `retention.bytes` and `retention.ms` (only with
 /// `cleanup.policy` delete). Only a prefix is ever deleted. The last segment counts only when
-/// it is not empty (the caller rolls first when it goes).
+/// it is not empty (the caller rolls first when it goes); an empty one before it (a
+/// follower's roll over a huge offset gap leaves one) has no records to keep and never
+/// holds back the time limit.
 pub fn plan_deletions(
     segments: &[SegmentSummary],
     config: &LogConfig,
@@ -152,9 +154,10 @@ pub fn plan_deletions(
     if config.retention_ms >= 0 {
         while reasons.len() < segments.len()
             && deletable(reasons.len())
-            && segments[reasons.len()]
-                .largest_timestamp_ms
-                .is_some_and(|largest| now_ms.saturating_sub(largest) > config.retention_ms)
+            && (segments[reasons.len()].is_empty()
+                || segments[reasons.len()]
+                    .largest_timestamp_ms
+                    .is_some_and(|largest| now_ms.saturating_sub(largest) > config.retention_ms))
         {
             reasons.push(DeletionReason::RetentionTime {
                 retention_ms: config.retention_ms,

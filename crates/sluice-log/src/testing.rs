@@ -231,3 +231,37 @@ pub fn fuzz_inputs(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> 
     inputs.sort();
     inputs
 }
+
+/// `batch` with lastOffsetDelta set to `last_offset_delta` and the CRC fixed: a batch as
+/// compaction leaves it (fewer records than its offset range), e.g. to copy into a
+/// follower.
+pub fn with_last_offset_delta(batch: &[u8], last_offset_delta: i32) -> Vec<u8> {
+    let mut bytes = batch.to_vec();
+    bytes[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+/// Copies everything `leader` has from `follower`'s log end on into `follower`, as a
+/// replica fetcher does: reads of at most `max_bytes` (whole batches), each appended with
+/// `append_as_follower`. Returns the number of fetches.
+pub fn replicate(leader: &crate::Log, follower: &mut crate::Log, max_bytes: usize) -> usize {
+    let mut fetches = 0;
+    while follower.log_end_offset() < leader.log_end_offset() {
+        let offset = follower.log_end_offset();
+        let slice = match leader.read(offset, max_bytes, i64::MAX) {
+            Ok(Some(slice)) => slice,
+            other => panic!("leader read at {offset} gave {other:?}"),
+        };
+        let bytes = match slice.read_to_vec() {
+            Ok(bytes) => bytes,
+            Err(error) => panic!("read_to_vec failed: {error}"),
+        };
+        if let Err(error) = follower.append_as_follower(&bytes, 0) {
+            panic!("follower append at {offset} failed: {error}");
+        }
+        fetches += 1;
+    }
+    fetches
+}

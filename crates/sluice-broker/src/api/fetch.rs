@@ -10,13 +10,21 @@
 //!
 //! Fetch sessions (KIP-227) are not created: every response carries session id 0, which
 //! tells clients to keep sending full fetch requests.
+//!
+//! A fetch with a `replica_id` is a follower's (see `crate::replica_fetcher`): it reads up
+//! to the log end rather than the high watermark, waits on the log end, tells the leader
+//! how far the follower got (which moves the high watermark and may add it to the ISR),
+//! and answers a *diverging epoch* instead of records when the follower's newest epoch
+//! ends earlier in the leader's log.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::select_all;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 use sluice_log::{LogError, ReadSlice};
@@ -41,6 +49,8 @@ struct FetchTarget {
     max_bytes: usize,
     /// The leader epoch the client believes current (-1: unchecked), KIP-320.
     current_leader_epoch: i32,
+    /// A follower's fetch only: where its log diverges from this leader's (epoch, end).
+    diverging: Option<(i32, i64)>,
 }
 
 pub fn handle(ctx: RequestContext, request: FetchRequest) -> Dispatched {
@@ -56,6 +66,7 @@ async fn fetch(
         return ctx.respond(&response).map(|frame| Some(frame.into()));
     }
     let topics: Vec<TopicName> = request.topics.iter().map(|t| t.topic.clone()).collect();
+    let replica_id = request.replica_id.0;
     let mut targets = Vec::new();
     for (topic_index, topic) in request.topics.iter().enumerate() {
         let state = ctx.broker.replicas.topic(topic.topic.as_str());
@@ -70,7 +81,16 @@ async fn fetch(
                 fetch_offset: partition.fetch_offset,
                 max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
                 current_leader_epoch: partition.current_leader_epoch,
+                diverging: None,
             });
+        }
+        if replica_id >= 0 {
+            let last_fetched_epochs = topic.partitions.iter().map(|p| p.last_fetched_epoch);
+            let first = targets.len() - topic.partitions.len();
+            for (target, last_fetched_epoch) in targets[first..].iter_mut().zip(last_fetched_epochs)
+            {
+                follower_fetched(&ctx, replica_id, target, last_fetched_epoch);
+            }
         }
     }
     let response_bytes_max = usize::try_from(request.max_bytes)
@@ -86,10 +106,13 @@ async fn fetch(
     let mut watchers: Vec<watch::Receiver<i64>> = targets
         .iter()
         .filter_map(|t| {
-            t.partition
-                .as_ref()
-                .ok()
-                .map(|p| p.subscribe_high_watermark())
+            t.partition.as_ref().ok().map(|p| {
+                if replica_id >= 0 {
+                    p.subscribe_log_end()
+                } else {
+                    p.subscribe_high_watermark()
+                }
+            })
         })
         .collect();
     let read_committed = request.isolation_level == READ_COMMITTED;
@@ -98,7 +121,12 @@ async fn fetch(
         for watcher in &mut watchers {
             watcher.borrow_and_update();
         }
-        let (partitions, bytes, has_error) = read_all(&targets, response_bytes_max, read_committed);
+        let (partitions, bytes, has_error) = read_all(
+            &targets,
+            response_bytes_max,
+            read_committed,
+            replica_id >= 0,
+        );
         let now = tokio::time::Instant::now();
         let stopping = *shutdown.borrow();
         if bytes >= min_bytes || has_error || now >= deadline || watchers.is_empty() || stopping {
@@ -178,13 +206,57 @@ fn session_error(request: &FetchRequest) -> Option<i16> {
     None
 }
 
+/// A follower's fetch of one partition, before anything is read: checks its epoch, finds
+/// where its log diverges from ours, or records its progress (which may move the high
+/// watermark and add it to the ISR). Done once per request, not per long-poll wake-up.
+fn follower_fetched(
+    ctx: &RequestContext,
+    replica_id: i32,
+    target: &mut FetchTarget,
+    last_fetched_epoch: i32,
+) {
+    let Ok(partition) = target.partition.as_ref() else {
+        return;
+    };
+    let partition = Arc::clone(partition);
+    if let Err(error) = partition.check_leader_epoch(target.current_leader_epoch) {
+        target.partition = Err(error);
+        return;
+    }
+    if last_fetched_epoch >= 0 {
+        let (epoch, end_offset) = partition.end_offset_for_epoch(last_fetched_epoch);
+        if epoch >= 0 && (end_offset < target.fetch_offset || epoch < last_fetched_epoch) {
+            target.diverging = Some((epoch, end_offset));
+            return;
+        }
+    }
+    if target.fetch_offset < partition.log_start_offset()
+        || target.fetch_offset > partition.log_end_offset()
+    {
+        return; // answered OFFSET_OUT_OF_RANGE by the read
+    }
+    let (known, change) =
+        partition.record_follower_fetch(replica_id, target.fetch_offset, super::now_ms());
+    if !known {
+        tracing::warn!(topic = %partition.topic, partition = partition.index, replica_id, "fetch from a broker that is not a follower of this partition");
+        target.partition = Err(ResponseError::NotLeaderOrFollower);
+        return;
+    }
+    if let Some(change) = change {
+        ctx.broker
+            .replicas
+            .request_isr_change(Arc::clone(&partition), change);
+    }
+}
+
 /// Locates every target's bytes once (no copy). Returns each partition's data with the file
 /// range of its records, the record bytes gathered and whether any partition has an error
-/// (which answers the fetch at once).
+/// (which answers the fetch at once). A follower's fetch reads up to the log end.
 fn read_all(
     targets: &[FetchTarget],
     response_bytes_max: usize,
     read_committed: bool,
+    for_replica: bool,
 ) -> (Vec<(PartitionData, Option<ReadSlice>)>, usize, bool) {
     let mut bytes_total = 0usize;
     let mut has_error = false;
@@ -220,6 +292,21 @@ fn read_all(
                 continue;
             }
         };
+        if let Some((epoch, end_offset)) = target.diverging {
+            has_error = true;
+            let diverging = EpochEndOffset::default()
+                .with_epoch(epoch)
+                .with_end_offset(end_offset);
+            out.push((
+                data.with_diverging_epoch(diverging)
+                    .with_high_watermark(partition.high_watermark())
+                    .with_last_stable_offset(partition.high_watermark())
+                    .with_log_start_offset(partition.log_start_offset())
+                    .with_records(Some(Bytes::new())),
+                None,
+            ));
+            continue;
+        }
         // KIP-74: only the first partition with data may exceed the limits (by one
         // batch, so a large batch cannot block a consumer); later partitions whose next
         // batch does not fit come back empty.
@@ -231,14 +318,17 @@ fn read_all(
                 .max_bytes
                 .min(response_bytes_max.saturating_sub(bytes_total))
         };
-        let result = partition
-            .read(target.fetch_offset, budget.max(1))
-            .map(|mut read| {
-                if !first_with_data && read.slice.as_ref().is_some_and(|s| s.len > budget) {
-                    read.slice = None;
-                }
-                read
-            });
+        let read = if for_replica {
+            partition.read_for_replica(target.fetch_offset, budget.max(1))
+        } else {
+            partition.read(target.fetch_offset, budget.max(1))
+        };
+        let result = read.map(|mut read| {
+            if !first_with_data && read.slice.as_ref().is_some_and(|s| s.len > budget) {
+                read.slice = None;
+            }
+            read
+        });
         let entry = match result {
             Ok(read) => {
                 bytes_total += read.slice.as_ref().map_or(0, |slice| slice.len);

@@ -1,9 +1,11 @@
 //! Produce (key 0): append record batches; answer per `acks`.
 //!
 //! acks=0 gets no response (an error closes the connection, as Kafka does, so the
-//! client notices); acks=1 is answered once the batch is in the log (page cache);
-//! acks=all is answered once the batch is on disk: the append happens now, in request
-//! order, and the wait for the group-commit fsync is the part handed to the writer.
+//! client notices); acks=1 is answered once the batch is in the leader's log (page cache);
+//! acks=all is refused with NOT_ENOUGH_REPLICAS while the ISR is below
+//! `min.insync.replicas`, and answered once every ISR member has the batch (the high
+//! watermark passed it) and it is on the leader's disk: the append happens now, in
+//! request order, and the wait is the part handed to the writer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +22,6 @@ use sluice_log::{BatchHeader, LogError};
 use super::{now_ms, ApiError, RequestContext};
 use crate::partition::{Partition, SyncWait};
 use crate::server::Dispatched;
-
-/// Single-node ISR size: the leader alone.
-const ISR_SIZE: i32 = 1;
 
 /// Maps a storage error to the Kafka error code a producer understands.
 pub fn log_error_code(error: &LogError) -> i16 {
@@ -133,7 +132,20 @@ pub fn handle(ctx: RequestContext, request: ProduceRequest) -> Result<Dispatched
                         SyncWait::TimedOut => {
                             outcome.response.error_code = ResponseError::RequestTimedOut.code();
                             outcome.response.error_message = Some(StrBytes::from_static_str(
-                                "the batch was not on disk within the request timeout",
+                                "the batch was not replicated and on disk within the request timeout",
+                            ));
+                        }
+                        SyncWait::NotLeader => {
+                            outcome.response.error_code = ResponseError::NotLeaderOrFollower.code();
+                            outcome.response.error_message = Some(StrBytes::from_static_str(
+                                "leadership moved before the batch was replicated",
+                            ));
+                        }
+                        SyncWait::NotEnoughReplicas => {
+                            outcome.response.error_code =
+                                ResponseError::NotEnoughReplicasAfterAppend.code();
+                            outcome.response.error_message = Some(StrBytes::from_static_str(
+                                "written, but the in-sync replica set shrank below min.insync.replicas",
                             ));
                         }
                     }
@@ -159,15 +171,14 @@ fn append(
             "no records".to_string(),
         );
     };
-    if acks == -1 && partition.settings().min_insync_replicas > ISR_SIZE {
-        return error_outcome(
-            index,
-            ResponseError::NotEnoughReplicas.code(),
-            format!(
-                "min.insync.replicas is {} but the in-sync replica set has {ISR_SIZE}",
-                partition.settings().min_insync_replicas
-            ),
-        );
+    if acks == -1 {
+        if let Err((isr, min_isr)) = partition.has_min_isr() {
+            return error_outcome(
+                index,
+                ResponseError::NotEnoughReplicas.code(),
+                format!("min.insync.replicas is {min_isr} but the in-sync replica set has {isr}"),
+            );
+        }
     }
     // Straight from the request buffer: copied only if the topic's policy changes the batch.
     match partition.append_bytes(records, now_ms()) {

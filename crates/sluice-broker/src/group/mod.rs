@@ -92,11 +92,19 @@ impl GroupCoordinator {
     ) -> Result<Arc<GroupCoordinator>, TopicError> {
         if replicas.topic(OFFSETS_TOPIC).is_none() {
             let segment_bytes = config.offsets_topic_segment_bytes().to_string();
+            // Kafka refuses to create it with fewer brokers than asked; a single node must
+            // work with no configuration, so it is capped at the brokers there are.
+            let wanted = config.offsets_topic_replication_factor();
+            let brokers = i16::try_from(replicas.eligible_broker_count()).unwrap_or(i16::MAX);
+            let replication_factor = wanted.min(brokers).max(1);
+            if replication_factor < wanted && brokers > 1 {
+                tracing::warn!(wanted, replication_factor, "creating __consumer_offsets with fewer replicas than offsets.topic.replication.factor: not enough brokers yet");
+            }
             let created = replicas.create_topic_blocking(
                 &NewTopic {
                     name: OFFSETS_TOPIC,
                     partitions: config.offsets_topic_num_partitions(),
-                    replication_factor: 1,
+                    replication_factor,
                     configs: vec![
                         ("segment.bytes", segment_bytes.as_str()),
                         ("cleanup.policy", "compact"),

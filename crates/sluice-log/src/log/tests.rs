@@ -842,21 +842,27 @@ fn leader_epochs_past_a_torn_tail_are_dropped() {
     append_with_epoch(&mut log, 0);
     log.flush().unwrap();
     append_with_epoch(&mut log, 7);
-    assert_eq!(epoch_pairs(&log), [(0, 0), (7, 4)]);
+    append_with_epoch(&mut log, 9);
+    assert_eq!(epoch_pairs(&log), [(0, 0), (7, 4), (9, 6)]);
     drop(log);
-    // The epoch-7 batch never fully reached the disk.
+    // Neither the epoch-7 nor the epoch-9 batch fully reached the disk.
+    let batch_bytes = batch(2, 20, 0).len() as u64;
     let path = dir.path().join("00000000000000000000.log");
     let len = fs::metadata(&path).unwrap().len();
     let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.set_len(len - 10).unwrap();
+    file.set_len(len - batch_bytes - 10).unwrap();
     drop(file);
     let log = Log::open(dir.path(), config(1 << 20, 0)).unwrap();
     assert_eq!(log.log_end_offset(), 4);
-    assert_eq!(epoch_pairs(&log), [(0, 0)]);
+    // Epoch 9 started past the recovered end: dropped. Epoch 7 starts exactly at it and
+    // stays, as an entry `assign_epoch_start` wrote before any data would (this broker
+    // led epoch 7 from offset 4 on; nothing of an older epoch lies past 4).
+    assert_eq!(epoch_pairs(&log), [(0, 0), (7, 4)]);
     assert_eq!(log.end_offset_for_epoch(0), (0, 4));
-    assert_eq!(log.end_offset_for_epoch(7), (-1, -1));
+    assert_eq!(log.end_offset_for_epoch(7), (7, 4));
+    assert_eq!(log.end_offset_for_epoch(9), (-1, -1));
     let text = fs::read_to_string(dir.path().join(crate::LEADER_EPOCH_CHECKPOINT_FILE)).unwrap();
-    assert_eq!(text, "0\n1\n0 0\n");
+    assert_eq!(text, "0\n2\n0 0\n7 4\n");
 }
 
 #[test]
