@@ -144,7 +144,8 @@ def create_replicated_topic(bootstrap, name, partitions=1, replication_factor=3,
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     if replica_assignment is not None:
-        new = NewTopic(name, replica_assignment=replica_assignment, config=config or {})
+        new = NewTopic(name, num_partitions=len(replica_assignment), replication_factor=-1,
+                       replica_assignment=replica_assignment, config=config or {})
         partitions = len(replica_assignment)
     else:
         new = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,

@@ -44,6 +44,7 @@ REPLICA_LAG_TIME_MAX_MS = 3000
 # 3 s (Kafka's default is 30 s); the session timeout (3 s) is set by start_cluster.
 REPLICATION_SETTINGS = {
     "replica.lag.time.max.ms": REPLICA_LAG_TIME_MAX_MS,
+    "offsets.topic.replication.factor": 3,
     "group.initial.rebalance.delay.ms": 100,
 }
 # Long enough for fencing + election + catch-up on a loaded 2-core machine.
@@ -161,12 +162,13 @@ def test_isr_shrinks_when_a_follower_stops_and_grows_when_it_catches_up(make_bro
     # Five voters: at the end two of the three replicas die and the quorum must survive.
     brokers = start_cluster(make_broker, size=5, settings=REPLICATION_SETTINGS)
     by_id = {b.node_id: b for b in brokers}
-    leader, follower, other = by_id[1], by_id[2], by_id[3]
     topic = unique_topic("isr")
-    create_replicated_topic(bootstrap_of(brokers), topic, replica_assignment=[[1, 2, 3]],
+    create_replicated_topic(bootstrap_of(brokers), topic, partitions=1, replication_factor=3,
                             config=MIN_ISR_2)
-    wait_full_isr(brokers, topic, 1, 3)
-    assert leader_of(leader, topic) == 1
+    placement = wait_full_isr(brokers, topic, 1, 3)[0]
+    leader_id = placement["leader"]
+    follower_id, other_id = [r for r in placement["replicas"] if r != leader_id]
+    leader, follower, other = by_id[leader_id], by_id[follower_id], by_id[other_id]
     epoch_before = partitions_v7(leader, topic)[0]["leader_epoch"]
 
     producer = AckedProducer(bootstrap_of(brokers), topic)
@@ -178,7 +180,8 @@ def test_isr_shrinks_when_a_follower_stops_and_grows_when_it_catches_up(make_bro
         try:
             # Out of the ISR: either it lagged for replica.lag.time.max.ms or its session
             # expired and the controller fenced it.
-            wait_for(lambda: isr(leader, topic) == [1, 3], "the stopped follower out of the ISR",
+            wait_for(lambda: isr(leader, topic) == sorted([leader_id, other_id]),
+                     "the stopped follower out of the ISR",
                      timeout=FAILOVER_TIMEOUT_S)
             # ISR 2 >= min.insync.replicas 2: acks=all writes keep succeeding.
             mark = producer.sent
@@ -189,7 +192,8 @@ def test_isr_shrinks_when_a_follower_stops_and_grows_when_it_catches_up(make_bro
         finally:
             follower.proc.send_signal(signal.SIGCONT)
         # It fetches what it missed and the leader takes it back into the ISR.
-        wait_for(lambda: isr(leader, topic) == [1, 2, 3], "the follower back in the ISR",
+        wait_for(lambda: isr(leader, topic) == sorted(placement["replicas"]),
+                 "the follower back in the ISR",
                  timeout=FAILOVER_TIMEOUT_S)
         mark = producer.sent
         wait_for(lambda: producer.acked_from(mark) >= 50, "acks with the full ISR again",
@@ -203,10 +207,11 @@ def test_isr_shrinks_when_a_follower_stops_and_grows_when_it_catches_up(make_bro
     # Leave the caught-up follower as the only in-sync replica alive: kill the third replica,
     # then the leader. The caught-up broker must lead and serve every acknowledged record.
     other.kill(signal.SIGKILL)
-    wait_for(lambda: isr(leader, topic) == [1, 2], "the killed replica out of the ISR",
+    wait_for(lambda: isr(leader, topic) == sorted([leader_id, follower_id]),
+             "the killed replica out of the ISR",
              timeout=FAILOVER_TIMEOUT_S)
     leader.kill(signal.SIGKILL)
-    wait_for(lambda: leader_of(follower, topic) == 2, "the caught-up follower leads",
+    wait_for(lambda: leader_of(follower, topic) == follower_id, "the caught-up follower leads",
              timeout=FAILOVER_TIMEOUT_S)
     assert partitions_v7(follower, topic)[0]["leader_epoch"] > epoch_before
     consumed = read_all(follower.bootstrap, topic, [0])
@@ -224,34 +229,41 @@ def test_acks_all_fails_with_not_enough_replicas_when_two_of_three_replicas_are_
         make_broker):
     from confluent_kafka import KafkaError
 
-    # Five voters, the topic on brokers 1-3 only: killing 2 and 3 leaves a quorum of three
+    # Five voters, the topic on three of them: killing two replicas leaves a quorum of three
     # that fences them, so the partition's ISR really shrinks to the leader alone.
     brokers = start_cluster(make_broker, size=5, settings=REPLICATION_SETTINGS)
     by_id = {b.node_id: b for b in brokers}
     topic = unique_topic("min-isr")
-    create_replicated_topic(bootstrap_of(brokers), topic, replica_assignment=[[1, 2, 3]],
+    create_replicated_topic(bootstrap_of(brokers), topic, partitions=1, replication_factor=3,
                             config=MIN_ISR_2)
-    wait_full_isr(brokers, topic, 1, 3)
+    placement = wait_full_isr(brokers, topic, 1, 3)[0]
+    leader_id = placement["leader"]
+    followers = [r for r in placement["replicas"] if r != leader_id]
+    leader = by_id[leader_id]
 
-    first = AckedProducer(bootstrap_of(brokers), topic, tag="before")
+    def alive():
+        return bootstrap_of(brokers)
+
+    first = AckedProducer(alive(), topic, tag="before")
     first.produce(100)
     assert first.flush() == 0
     acked_before, errors = first.snapshot()
     assert errors == [] and len(acked_before) == 100
 
-    by_id[2].kill(signal.SIGKILL)
-    by_id[3].kill(signal.SIGKILL)
-    wait_for(lambda: isr(by_id[1], topic) == [1], "the ISR down to the leader",
+    for f in followers:
+        by_id[f].kill(signal.SIGKILL)
+    wait_for(lambda: isr(leader, topic) == [leader_id], "the ISR down to the leader",
              timeout=FAILOVER_TIMEOUT_S)
-    assert leader_of(by_id[1], topic) == 1
+    assert leader_of(leader, topic) == leader_id
 
     # A raw acks=all Produce is refused before it is appended; acks=1 still works.
-    response = produce_one(by_id[1], topic, 0, b"refused raw", acks=-1)
+    response = produce_one(leader, topic, 0, b"refused raw", acks=-1)
     assert response["error_code"] == NOT_ENOUGH_REPLICAS, response
+    response = produce_one(leader, topic, 0, b"acks=1 raw", acks=1)
+    assert response["error_code"] == 0, response
     # A confluent-kafka producer gets only failed delivery reports (it retries
     # NOT_ENOUGH_REPLICAS until its message timeout).
-    alive = [b for b in brokers if b.alive()]
-    refused = AckedProducer(bootstrap_of(alive), topic, tag="refused",
+    refused = AckedProducer(alive(), topic, tag="refused",
                             extra_conf={"message.timeout.ms": 5000})
     refused.produce(10)
     assert refused.flush(60) == 0
@@ -262,27 +274,40 @@ def test_acks_all_fails_with_not_enough_replicas_when_two_of_three_replicas_are_
         KafkaError.NOT_ENOUGH_REPLICAS, KafkaError._MSG_TIMED_OUT}, refused_errors[:3]
 
     # What was acknowledged before stays readable (the high watermark is the leader's end).
-    consumed = read_all(bootstrap_of(alive), topic, [0])
+    consumed = read_all(alive(), topic, [0])
     assert check_acked(acked_before, consumed) == []
 
     # One replica returns: once it is back in the ISR, acks=all works again.
-    by_id[2].start(wait=True)
-    wait_for(lambda: isr(by_id[1], topic) == [1, 2], "broker 2 back in the ISR",
-             timeout=FAILOVER_TIMEOUT_S)
-    assert produce_one(by_id[1], topic, 0, b"accepted raw")["error_code"] == 0
-    second = AckedProducer(bootstrap_of([b for b in brokers if b.alive()]), topic, tag="after")
+    returning = followers[0]
+    by_id[returning].start(wait=True)
+    wait_for(lambda: isr(leader, topic) == sorted([leader_id, returning]),
+             "the restarted replica back in the ISR", timeout=FAILOVER_TIMEOUT_S)
+    assert produce_one(leader, topic, 0, b"accepted raw")["error_code"] == 0
+    second = AckedProducer(alive(), topic, tag="after")
     second.produce(100)
     assert second.flush() == 0
     acked_after, errors = second.snapshot()
     assert errors == [] and len(acked_after) == 100
 
-    consumed = read_all(bootstrap_of([b for b in brokers if b.alive()]), topic, [0])
+    consumed = read_all(alive(), topic, [0])
     assert check_acked(acked_before + acked_after, consumed) == []
     values = {value for _, value, _, _ in consumed}
-    assert b"accepted raw" in values
+    assert {b"acks=1 raw", b"accepted raw"} <= values
     # Refused means not written: none of them is in the log.
     assert b"refused raw" not in values
     assert not any(v.startswith(b"refused-") for v in values)
+
+
+def test_create_topics_with_a_manual_assignment_of_three_replicas(make_broker):
+    """CreateTopics with replica assignments (confluent-kafka's
+    `NewTopic(replica_assignment=...)`): the replicas and preferred leader are as asked."""
+    brokers = start_cluster(make_broker, settings=REPLICATION_SETTINGS)
+    topic = unique_topic("manual")
+    create_replicated_topic(bootstrap_of(brokers), topic,
+                            replica_assignment=[[1, 2, 3], [2, 3, 1], [3, 1, 2]])
+    placement = wait_full_isr(brokers, topic, 3, 3)
+    assert {p: (v["leader"], v["replicas"]) for p, v in placement.items()} == {
+        0: (1, [1, 2, 3]), 1: (2, [2, 3, 1]), 2: (3, [3, 1, 2])}
 
 
 # --------------------------------------------------------------------------
@@ -333,6 +358,9 @@ def test_killing_the_active_controller_elects_a_new_one_and_metadata_changes_kee
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="stage 4: coordinator failover (groups are loaded "
+                   "only at start-up); also __consumer_offsets gets 1 replica when the first "
+                   "broker registered creates it before the others join")
 @pytest.mark.timeout(300)
 def test_consumer_group_keeps_consuming_through_a_coordinator_failover(make_broker):
     from confluent_kafka import Consumer, KafkaException, TopicPartition
