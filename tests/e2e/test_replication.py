@@ -14,9 +14,11 @@ fence the dead ones and elect leaders.
 """
 
 import signal
+import time
 
 import pytest
 
+import kafka_wire as kw
 from cluster_harness import (
     NOT_ENOUGH_REPLICAS,
     SESSION_TIMEOUT_MS,
@@ -104,7 +106,8 @@ def test_the_acks_checker_catches_lost_moved_duplicated_and_reordered_records():
 
 @pytest.mark.timeout(240)
 def test_acks_all_survives_sigkill_of_the_partition_leader(make_broker):
-    brokers = start_cluster(make_broker, settings=REPLICATION_SETTINGS)
+    # Five voters: at the end two replicas of partition 0 die and the quorum must survive.
+    brokers = start_cluster(make_broker, size=5, settings=REPLICATION_SETTINGS)
     by_id = {b.node_id: b for b in brokers}
     topic = unique_topic("failover")
     partitions = 3
@@ -130,7 +133,7 @@ def test_acks_all_survives_sigkill_of_the_partition_leader(make_broker):
 
         after = wait_for(lambda: new_leader(survivors[0]), "a new leader of partition 0",
                          timeout=FAILOVER_TIMEOUT_S)
-        assert after["leader"] in {b.node_id for b in survivors}
+        assert after["leader"] in set(before["replicas"]) - {victim.node_id}
         assert after["leader_epoch"] > before["leader_epoch"], (before, after)
         wait_for(lambda: new_leader(survivors[1]), "the new leader on the other survivor")
 
@@ -150,6 +153,90 @@ def test_acks_all_survives_sigkill_of_the_partition_leader(make_broker):
     wait_full_isr(brokers, topic, partitions, 3, timeout=FAILOVER_TIMEOUT_S)
     consumed = read_all(bootstrap_of(brokers), topic, list(range(partitions)))
     assert check_acked(acked, consumed) == []
+
+    # The restarted broker's copy of partition 0 is the leader's copy: whatever it had
+    # appended past what the others replicated before it died is gone. Leave it the only
+    # in-sync replica alive (kill the other replicas, the leader last) and read from it.
+    current = leaders(victim, topic)[0]
+    others = sorted((r for r in current["replicas"] if r != victim.node_id),
+                    key=lambda r: r == current["leader"])
+    for r in others:
+        by_id[r].kill(signal.SIGKILL)
+        wait_for(lambda r=r: r not in isr(victim, topic) and leader_of(victim, topic) != r,
+                 f"broker {r} out of the ISR of partition 0", timeout=FAILOVER_TIMEOUT_S)
+    assert leader_of(victim, topic) == victim.node_id
+    assert read_all(victim.bootstrap, topic, [0]) == [rec for rec in consumed if rec[2] == 0]
+
+
+@pytest.mark.timeout(240)
+def test_a_restarted_leader_drops_the_records_only_it_had(make_broker):
+    # Sessions and lag limits of 10 s: the followers are stopped for a few seconds below and
+    # must stay in the ISR meanwhile. Five voters: at the end two replicas die.
+    settings = dict(REPLICATION_SETTINGS, **{"broker.session.timeout.ms": 10000,
+                                             "replica.lag.time.max.ms": 10000,
+                                             "replica.fetch.wait.max.ms": 100})
+    brokers = start_cluster(make_broker, size=5, settings=settings)
+    by_id = {b.node_id: b for b in brokers}
+    topic = unique_topic("diverge")
+    create_replicated_topic(bootstrap_of(brokers), topic, partitions=1, replication_factor=3,
+                            config=MIN_ISR_2)
+    wait_full_isr(brokers, topic, 1, 3)
+    before = partitions_v7(brokers[0], topic)[0]
+    old_leader = by_id[before["leader"]]
+    followers = [by_id[r] for r in before["replicas"] if r != old_leader.node_id]
+
+    first = AckedProducer(bootstrap_of(brokers), topic, tag="first")
+    first.produce(100)
+    assert first.flush() == 0
+    acked_first, errors = first.snapshot()
+    assert errors == [] and len(acked_first) == 100
+
+    # With the followers stopped, an acks=1 write lands on the leader alone; then it dies.
+    # A fetch a follower sent just before it stopped waits at most replica.fetch.wait.max.ms
+    # (100 ms) for data: let those be answered (empty) first, or the tail would reach the
+    # follower's socket buffer and be appended after SIGCONT.
+    for f in followers:
+        f.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2)
+        tail = kw.encode_batch([(b"k", f"only on the old leader {i}".encode())
+                                for i in range(5)])
+        with kw.Conn("127.0.0.1", old_leader.port) as c:
+            response = kw.produce_v3(c, topic, 0, tail, acks=1)
+        assert response["error_code"] == 0 and response["base_offset"] == 100, response
+        old_leader.kill(signal.SIGKILL)
+    finally:
+        for f in followers:
+            f.proc.send_signal(signal.SIGCONT)
+
+    after = wait_for(lambda: (lambda p: p if p["leader"] in {f.node_id for f in followers}
+                              else None)(partitions_v7(followers[0], topic)[0]),
+                     "a follower leads", timeout=FAILOVER_TIMEOUT_S)
+    assert after["leader_epoch"] > before["leader_epoch"]
+    second = AckedProducer(bootstrap_of(brokers), topic, tag="second")
+    second.produce(100)
+    assert second.flush() == 0
+    acked_second, errors = second.snapshot()
+    assert errors == [] and len(acked_second) == 100
+    # The new leader never had the tail: its log goes on from offset 100.
+    assert min(offset for _, _, _, offset in acked_second) == 100
+    consumed = read_all(bootstrap_of(brokers), topic, [0])
+    assert check_acked(acked_first + acked_second, consumed) == []
+    assert not any(v.startswith(b"only on the old leader") for _, v, _, _ in consumed)
+
+    # The old leader returns as a follower, truncates its tail and catches up. Leave it the
+    # only in-sync replica alive and read its copy: the same records at the same offsets.
+    old_leader.start(wait=True)
+    wait_full_isr(brokers, topic, 1, 3, timeout=FAILOVER_TIMEOUT_S)
+    current = leaders(old_leader, topic)[0]
+    others = sorted((f.node_id for f in followers), key=lambda r: r == current["leader"])
+    for r in others:
+        by_id[r].kill(signal.SIGKILL)
+        wait_for(lambda r=r: r not in isr(old_leader, topic)
+                 and leader_of(old_leader, topic) != r,
+                 f"broker {r} out of the ISR", timeout=FAILOVER_TIMEOUT_S)
+    assert leader_of(old_leader, topic) == old_leader.node_id
+    assert read_all(old_leader.bootstrap, topic, [0]) == consumed
 
 
 # --------------------------------------------------------------------------
