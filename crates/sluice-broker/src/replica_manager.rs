@@ -292,6 +292,23 @@ impl ReplicaManager {
         let imported =
             cluster::import_single_node_metadata(&self.controller, &self.data_dir, legacy, node_id)
                 .await?;
+        // The unfencing (and the leader elections committed with it) must be in this node's
+        // image before the broker serves, or it would refuse partitions it already leads.
+        let mut images = self.controller.image();
+        let unfenced = images.wait_for(|image| {
+            image
+                .brokers
+                .get(&node_id)
+                .is_some_and(|b| b.broker_epoch == broker_epoch && !b.fenced)
+        });
+        let session = Duration::from_millis(config.broker_session_timeout_ms());
+        match tokio::time::timeout(session, unfenced).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(ControllerError::Shutdown.into()),
+            Err(_) => tracing::warn!(
+                "this node's metadata does not show the broker unfenced yet; serving anyway"
+            ),
+        }
         let image = self.controller.current_image();
         self.apply_image_blocking(&image, imported > 0)?;
         tracing::info!(
