@@ -1623,12 +1623,12 @@ impl Admin {
         &mut self,
         reassignments: &BTreeMap<TopicPartition, Option<Vec<i32>>>,
     ) -> Result<BTreeMap<TopicPartition, Result<(), ClientError>>, ClientError> {
-        let mut by_topic: BTreeMap<&str, Vec<(i32, &Option<Vec<i32>>)>> = BTreeMap::new();
+        let mut by_topic: TargetsByTopic = BTreeMap::new();
         for ((topic, partition), target) in reassignments {
             by_topic
                 .entry(topic.as_str())
                 .or_default()
-                .push((*partition, target));
+                .push((*partition, target.as_deref()));
         }
         let request = AlterPartitionReassignmentsRequest::default()
             .with_timeout_ms(self.timeout_ms_field())
@@ -1644,7 +1644,7 @@ impl Admin {
                                     .map(|(partition, target)| {
                                         alter_partition_reassignments_request::ReassignablePartition::default()
                                             .with_partition_index(partition)
-                                            .with_replicas(target.as_ref().map(|replicas| {
+                                            .with_replicas(target.map(|replicas| {
                                                 replicas.iter().map(|id| BrokerId(*id)).collect()
                                             }))
                                     })
@@ -1777,6 +1777,10 @@ impl PartitionReassignment {
             .collect()
     }
 }
+
+/// Per topic, (partition, target replicas or None to cancel): one
+/// AlterPartitionReassignments request's worth.
+type TargetsByTopic<'a> = BTreeMap<&'a str, Vec<(i32, Option<&'a [i32]>)>>;
 
 /// Per topic, (partition, offset) pairs: one DeleteRecords request's worth.
 type OffsetsByTopic<'a> = BTreeMap<&'a str, Vec<(i32, i64)>>;

@@ -127,7 +127,9 @@ pub enum ControllerResponse {
     },
     Done,
     PartitionAltered {
-        state: PartitionRegistration,
+        /// Boxed: the registration is the largest answer, and every broker error type
+        /// that carries a response would grow with it.
+        state: Box<PartitionRegistration>,
     },
     ProducerIds {
         first_producer_id: i64,
@@ -877,7 +879,9 @@ fn alter_partition(
     change.apply_to(&mut next);
     Ok(Plan::new(
         vec![change.into_record(*topic_id, partition)],
-        ControllerResponse::PartitionAltered { state: next },
+        ControllerResponse::PartitionAltered {
+            state: Box::new(next),
+        },
     ))
 }
 
@@ -1411,7 +1415,7 @@ mod tests {
             panic!()
         };
         assert_eq!((state.isr.clone(), state.partition_epoch), (vec![1, 2], 1));
-        assert_eq!(image.partition(&topic_id, 0).unwrap(), &state);
+        assert_eq!(image.partition(&topic_id, 0).unwrap(), &*state);
         // Stale partition epoch.
         let err = run!(image, alter(&image, 1, 0, 0, vec![1])).unwrap_err();
         assert_eq!(err.kind(), ResponseError::InvalidUpdateVersion);
@@ -1728,8 +1732,8 @@ mod tests {
         else {
             panic!("expected PartitionAltered")
         };
-        assert_eq!(image.partition(&topic_id, 0).unwrap(), &next);
-        next
+        assert_eq!(image.partition(&topic_id, 0).unwrap(), &*next);
+        *next
     }
 
     #[test]

@@ -15,6 +15,9 @@ use kafka_protocol::ResponseError;
 
 use super::{ApiError, RequestContext};
 
+/// An error code and, for failures, the message that explains it.
+type Outcome = (i16, Option<String>);
+
 pub async fn handle(
     ctx: &RequestContext,
     request: AlterPartitionReassignmentsRequest,
@@ -35,7 +38,7 @@ pub async fn handle(
             })
         })
         .collect();
-    let (top_error, mut results): (Option<(i16, String)>, Vec<(i16, Option<String>)>) = match ctx
+    let (top_error, mut results): (Option<(i16, String)>, Vec<Outcome>) = match ctx
         .broker
         .replicas
         .alter_partition_reassignments(entries)
