@@ -2,6 +2,8 @@
 //! copy of the controller's image. As in Kafka, a named topic that does not exist and a
 //! partition that is not moving are left out of the answer rather than being errors.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use kafka_protocol::messages::list_partition_reassignments_response::{
     OngoingPartitionReassignment, OngoingTopicReassignment,
@@ -19,27 +21,40 @@ pub fn handle(
     request: ListPartitionReassignmentsRequest,
 ) -> Result<Bytes, ApiError> {
     let image = ctx.broker.replicas.image();
-    let wanted: Vec<(&TopicImage, Option<&[i32]>)> = match &request.topics {
-        None => image.topics.values().map(|t| (t, None)).collect(),
-        Some(topics) => topics
-            .iter()
-            .filter_map(|t| {
-                image
-                    .topic_by_name(t.name.as_str())
-                    .map(|image_topic| (image_topic, Some(t.partition_indexes.as_slice())))
-            })
-            .collect(),
-    };
+    // Topic name -> its image and the partitions asked about (None: all). A topic named
+    // twice in the request is answered once, for the union of its partitions.
+    let mut wanted: BTreeMap<&str, (&TopicImage, Option<Vec<i32>>)> = BTreeMap::new();
+    match &request.topics {
+        None => {
+            for topic in image.topics.values() {
+                wanted.insert(topic.name.as_str(), (topic, None));
+            }
+        }
+        Some(topics) => {
+            for asked in topics {
+                let Some(topic) = image.topic_by_name(asked.name.as_str()) else {
+                    continue;
+                };
+                wanted
+                    .entry(topic.name.as_str())
+                    .or_insert((topic, Some(Vec::new())))
+                    .1
+                    .get_or_insert_with(Vec::new)
+                    .extend(asked.partition_indexes.iter().copied());
+            }
+        }
+    }
     let ids = |nodes: &[i32]| nodes.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
-    let mut topics: Vec<OngoingTopicReassignment> = wanted
-        .into_iter()
+    let topics: Vec<OngoingTopicReassignment> = wanted
+        .into_values()
         .filter_map(|(topic, indexes)| {
             let partitions: Vec<OngoingPartitionReassignment> = topic
                 .partitions
                 .iter()
                 .zip(0..)
                 .filter(|(state, index)| {
-                    state.is_reassigning() && indexes.is_none_or(|wanted| wanted.contains(index))
+                    state.is_reassigning()
+                        && indexes.as_ref().is_none_or(|wanted| wanted.contains(index))
                 })
                 .map(|(state, index)| {
                     OngoingPartitionReassignment::default()
@@ -56,7 +71,5 @@ pub fn handle(
             })
         })
         .collect();
-    topics.sort_by(|a, b| a.name.0.cmp(&b.name.0));
-    topics.dedup_by(|a, b| a.name == b.name);
     ctx.respond(&ListPartitionReassignmentsResponse::default().with_topics(topics))
 }
