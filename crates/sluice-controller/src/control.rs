@@ -779,10 +779,11 @@ fn create_partitions(
             "too many partitions",
         ));
     }
+    // The target's size: during a reassignment `replicas` also holds the leaving ones.
     let replication_factor = topic
         .partitions
         .first()
-        .map(|p| i16::try_from(p.replicas.len()).unwrap_or(i16::MAX))
+        .map(|p| i16::try_from(p.target_replicas().len()).unwrap_or(i16::MAX))
         .unwrap_or(1);
     let assignments = assign_replicas(
         &placement_brokers(image),
@@ -1752,6 +1753,16 @@ mod tests {
         assert_eq!(p.target_replicas(), vec![3, 4]);
         assert_eq!(p.original_replicas(), vec![1, 2]);
         assert_eq!(image.reassigning_partitions(), vec![(topic_id, 0)]);
+        // Partitions added meanwhile get the target's replication factor, not the union's.
+        run!(
+            image,
+            ControllerRequest::CreatePartitions {
+                name: "t".into(),
+                total_count: 2,
+            }
+        )
+        .unwrap();
+        assert_eq!(image.partition(&topic_id, 1).unwrap().replicas.len(), 2);
         // The same target again changes nothing.
         let before = image.partition(&topic_id, 0).unwrap().clone();
         assert_eq!(
