@@ -215,6 +215,12 @@ impl Partition {
         self.replication.lock().isr().to_vec()
     }
 
+    /// (replicas, ISR members) as the image has them, for the metrics.
+    pub fn replica_counts(&self) -> (usize, usize) {
+        let replication = self.replication.lock();
+        (replication.replicas().len(), replication.isr().len())
+    }
+
     /// Publishes the high watermark the ISR allows (leader only; it never goes back).
     fn advance_high_watermark(&self, now_ms: i64) {
         let log_end = *self.log_end.borrow();

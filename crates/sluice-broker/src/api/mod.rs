@@ -23,6 +23,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod elect_leaders;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -72,6 +73,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::AlterPartitionReassignments, 0, 0),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
@@ -245,6 +247,9 @@ pub async fn dispatch(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),
+        ApiKey::ElectLeaders => {
+            now(elect_leaders::handle(&ctx, decode(&mut body, api_key, version)?).await?)
+        }
         ApiKey::InitProducerId => {
             now(init_producer_id::handle(&ctx, decode(&mut body, api_key, version)?).await?)
         }
