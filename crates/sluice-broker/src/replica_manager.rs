@@ -1252,6 +1252,93 @@ impl ReplicaManager {
             tokio::task::block_in_place(|| handle.block_on(controller.shutdown()));
         }
     }
+
+    /// Starts (`Some(target replicas)`) or cancels (`None`) partition reassignments
+    /// (AlterPartitionReassignments, KIP-455) given as `(topic, partition, target)`. The
+    /// controller plans each entry on its own; the answer has one result per entry, in
+    /// order, once this broker's image shows every accepted entry (its target in progress
+    /// or reached, or no reassignment after a cancel). The outer error is a controller
+    /// failure that concerns the whole request (no quorum, timeout). The data moves
+    /// without this broker's help: the image makes new replicas fetch, the leader adds
+    /// them to the ISR, and that finishes the reassignment.
+    pub async fn alter_partition_reassignments(
+        &self,
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+    ) -> Result<Vec<Result<(), TopicError>>, TopicError> {
+        let image = self.image();
+        let mut results: Vec<Option<Result<(), TopicError>>> =
+            reassignments.iter().map(|_| None).collect();
+        let mut entries = Vec::new();
+        let mut positions = Vec::new();
+        for (position, (name, partition, target)) in reassignments.iter().enumerate() {
+            match image.topic_by_name(name) {
+                Some(topic) => {
+                    entries.push((topic.topic_id, *partition, target.clone()));
+                    positions.push(position);
+                }
+                None => results[position] = Some(Err(TopicError::UnknownTopic(name.clone()))),
+            }
+        }
+        if !entries.is_empty() {
+            let response = self
+                .controller
+                .propose(ControllerRequest::AlterPartitionReassignments {
+                    reassignments: entries.clone(),
+                })
+                .await
+                .map_err(|e| TopicError::Controller {
+                    code: e.code(),
+                    message: e.to_string(),
+                })?;
+            let ControllerResponse::ReassignmentsAltered { results: refused } = response else {
+                return Err(TopicError::Controller {
+                    code: ResponseError::UnknownServerError.code(),
+                    message: format!("unexpected controller answer {response:?}"),
+                });
+            };
+            // The state each accepted partition must show (the last entry for it wins).
+            let mut expected: BTreeMap<(Uuid, i32), Option<Vec<i32>>> = BTreeMap::new();
+            for ((entry, position), error) in entries.into_iter().zip(positions).zip(refused) {
+                let (topic_id, partition, target) = entry;
+                results[position] = Some(match error {
+                    None => {
+                        expected.insert((topic_id, partition), target);
+                        Ok(())
+                    }
+                    Some(error) => Err(TopicError::Controller {
+                        code: error.code,
+                        message: error.message,
+                    }),
+                });
+            }
+            self.catch_up(|image| {
+                expected.iter().all(|((topic_id, partition), target)| {
+                    image
+                        .partition(topic_id, *partition)
+                        .is_none_or(|p| match target {
+                            Some(target) => p.target_replicas() == *target,
+                            None => !p.is_reassigning(),
+                        })
+                })
+            })
+            .await?;
+            tracing::info!(
+                partitions = expected.len(),
+                "partition reassignments altered"
+            );
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(TopicError::Controller {
+                        code: ResponseError::UnknownServerError.code(),
+                        message: "the controller gave no answer for this partition".to_string(),
+                    })
+                })
+            })
+            .collect())
+    }
 }
 
 impl Drop for ReplicaManager {
