@@ -292,6 +292,23 @@ impl ReplicaManager {
         let imported =
             cluster::import_single_node_metadata(&self.controller, &self.data_dir, legacy, node_id)
                 .await?;
+        // The unfencing (and the leader elections committed with it) must be in this node's
+        // image before the broker serves, or it would refuse partitions it already leads.
+        let mut images = self.controller.image();
+        let unfenced = images.wait_for(|image| {
+            image
+                .brokers
+                .get(&node_id)
+                .is_some_and(|b| b.broker_epoch == broker_epoch && !b.fenced)
+        });
+        let session = Duration::from_millis(config.broker_session_timeout_ms());
+        match tokio::time::timeout(session, unfenced).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(ControllerError::Shutdown.into()),
+            Err(_) => tracing::warn!(
+                "this node's metadata does not show the broker unfenced yet; serving anyway"
+            ),
+        }
         let image = self.controller.current_image();
         self.apply_image_blocking(&image, imported > 0)?;
         tracing::info!(
@@ -695,6 +712,71 @@ impl ReplicaManager {
                 }
             }
         });
+    }
+
+    /// Moves leadership of `partitions` to their preferred replicas (ElectLeaders); the
+    /// controller skips any that became ineligible meanwhile. Returns once this broker's
+    /// image has the result.
+    pub async fn elect_preferred_leaders(
+        &self,
+        partitions: Vec<(Uuid, i32)>,
+    ) -> Result<(), TopicError> {
+        let before = self.image();
+        let epochs: Vec<(Uuid, i32, i32)> = partitions
+            .iter()
+            .filter_map(|(id, p)| before.partition(id, *p).map(|s| (*id, *p, s.leader_epoch)))
+            .collect();
+        self.controller
+            .propose(ControllerRequest::ElectPreferredLeaders { partitions })
+            .await?;
+        self.catch_up(|image| {
+            epochs.iter().all(|(id, p, epoch)| {
+                image.partition(id, *p).is_none_or(|s| {
+                    s.leader_epoch > *epoch || s.replicas.first() == Some(&s.leader)
+                })
+            })
+        })
+        .await
+    }
+
+    /// `auto.leader.rebalance.enable`: every `leader.imbalance.check.interval.seconds`, the
+    /// active controller's broker moves leadership back to preferred replicas that are in
+    /// sync (after a broker restart its partitions are led elsewhere until then).
+    pub async fn run_leader_rebalance(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let config = self.config();
+            let interval = Duration::from_secs(config.leader_imbalance_check_interval_seconds());
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = crate::server::stopped(&mut shutdown) => return,
+            }
+            if !config.auto_leader_rebalance_enable()
+                || self.controller.leader_id() != u64::try_from(config.node_id()).ok()
+            {
+                continue;
+            }
+            let image = self.image();
+            let electable: Vec<(Uuid, i32)> = image.partitions_matching(|state| {
+                state.replicas.first().is_some_and(|preferred| {
+                    *preferred != state.leader
+                        && state.isr.contains(preferred)
+                        && image.is_broker_eligible(*preferred)
+                })
+            });
+            if electable.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                partitions = electable.len(),
+                "moving leadership back to preferred replicas"
+            );
+            if let Err(error) = self.elect_preferred_leaders(electable).await {
+                tracing::warn!(%error, "preferred leader election failed");
+            }
+        }
     }
 
     /// Every `replica.lag.time.max.ms / 2`, drops followers that lag from the ISR of the
@@ -1169,6 +1251,93 @@ impl ReplicaManager {
             let controller = self.controller.clone();
             tokio::task::block_in_place(|| handle.block_on(controller.shutdown()));
         }
+    }
+
+    /// Starts (`Some(target replicas)`) or cancels (`None`) partition reassignments
+    /// (AlterPartitionReassignments, KIP-455) given as `(topic, partition, target)`. The
+    /// controller plans each entry on its own; the answer has one result per entry, in
+    /// order, once this broker's image shows every accepted entry (its target in progress
+    /// or reached, or no reassignment after a cancel). The outer error is a controller
+    /// failure that concerns the whole request (no quorum, timeout). The data moves
+    /// without this broker's help: the image makes new replicas fetch, the leader adds
+    /// them to the ISR, and that finishes the reassignment.
+    pub async fn alter_partition_reassignments(
+        &self,
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+    ) -> Result<Vec<Result<(), TopicError>>, TopicError> {
+        let image = self.image();
+        let mut results: Vec<Option<Result<(), TopicError>>> =
+            reassignments.iter().map(|_| None).collect();
+        let mut entries = Vec::new();
+        let mut positions = Vec::new();
+        for (position, (name, partition, target)) in reassignments.iter().enumerate() {
+            match image.topic_by_name(name) {
+                Some(topic) => {
+                    entries.push((topic.topic_id, *partition, target.clone()));
+                    positions.push(position);
+                }
+                None => results[position] = Some(Err(TopicError::UnknownTopic(name.clone()))),
+            }
+        }
+        if !entries.is_empty() {
+            let response = self
+                .controller
+                .propose(ControllerRequest::AlterPartitionReassignments {
+                    reassignments: entries.clone(),
+                })
+                .await
+                .map_err(|e| TopicError::Controller {
+                    code: e.code(),
+                    message: e.to_string(),
+                })?;
+            let ControllerResponse::ReassignmentsAltered { results: refused } = response else {
+                return Err(TopicError::Controller {
+                    code: ResponseError::UnknownServerError.code(),
+                    message: format!("unexpected controller answer {response:?}"),
+                });
+            };
+            // The state each accepted partition must show (the last entry for it wins).
+            let mut expected: BTreeMap<(Uuid, i32), Option<Vec<i32>>> = BTreeMap::new();
+            for ((entry, position), error) in entries.into_iter().zip(positions).zip(refused) {
+                let (topic_id, partition, target) = entry;
+                results[position] = Some(match error {
+                    None => {
+                        expected.insert((topic_id, partition), target);
+                        Ok(())
+                    }
+                    Some(error) => Err(TopicError::Controller {
+                        code: error.code,
+                        message: error.message,
+                    }),
+                });
+            }
+            self.catch_up(|image| {
+                expected.iter().all(|((topic_id, partition), target)| {
+                    image
+                        .partition(topic_id, *partition)
+                        .is_none_or(|p| match target {
+                            Some(target) => p.target_replicas() == *target,
+                            None => !p.is_reassigning(),
+                        })
+                })
+            })
+            .await?;
+            tracing::info!(
+                partitions = expected.len(),
+                "partition reassignments altered"
+            );
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(TopicError::Controller {
+                        code: ResponseError::UnknownServerError.code(),
+                        message: "the controller gave no answer for this partition".to_string(),
+                    })
+                })
+            })
+            .collect())
     }
 }
 

@@ -360,6 +360,8 @@ mod tests {
             leader,
             leader_epoch,
             partition_epoch: leader_epoch,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         }
     }
 

@@ -663,3 +663,118 @@ async fn init_producer_id_every_version_and_idempotent_produce() {
     assert_eq!((first, second, retry), (0, 2, 0));
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_reassignments_every_version() {
+    let (broker, _dir) = start().await;
+    let mut client = Client::connect(broker.local_addr).await;
+    create_topic(&mut client, "moving", 1).await;
+    let metadata: MetadataResponse = client
+        .call(ApiKey::Metadata, 12, &MetadataRequest::default())
+        .await;
+    let node = metadata.brokers[0].node_id;
+    let alter = |topic: &str, replicas: Option<Vec<i32>>| {
+        AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![
+                alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(name(topic))
+                    .with_partitions(vec![
+                        alter_partition_reassignments_request::ReassignablePartition::default()
+                            .with_partition_index(0)
+                            .with_replicas(replicas.map(|r| r.into_iter().map(BrokerId).collect())),
+                    ]),
+            ])
+    };
+    for version in versions(ApiKey::AlterPartitionReassignments) {
+        // (request, expected partition error): the current replicas (nothing to move), an
+        // unregistered broker, a cancel with nothing moving, an unknown topic.
+        for (request, code) in [
+            (alter("moving", Some(vec![node.0])), 0),
+            (alter("moving", Some(vec![node.0 + 1])), 39),
+            (alter("moving", None), 85),
+            (alter("no-such-topic", Some(vec![node.0])), 3),
+        ] {
+            let response: AlterPartitionReassignmentsResponse = client
+                .call(ApiKey::AlterPartitionReassignments, version, &request)
+                .await;
+            assert_eq!(response.error_code, 0, "v{version}");
+            let partition = &response.responses[0].partitions[0];
+            assert_eq!(
+                (partition.partition_index, partition.error_code),
+                (0, code),
+                "v{version}"
+            );
+            assert_eq!(partition.error_message.is_some(), code != 0, "v{version}");
+        }
+    }
+    for version in versions(ApiKey::ListPartitionReassignments) {
+        for topics in [
+            None,
+            Some(vec![
+                list_partition_reassignments_request::ListPartitionReassignmentsTopics::default()
+                    .with_name(name("moving"))
+                    .with_partition_indexes(vec![0]),
+            ]),
+        ] {
+            let request = ListPartitionReassignmentsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(topics);
+            let response: ListPartitionReassignmentsResponse = client
+                .call(ApiKey::ListPartitionReassignments, version, &request)
+                .await;
+            assert_eq!(response.error_code, 0, "v{version}");
+            assert!(response.topics.is_empty(), "v{version}: nothing moves");
+        }
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_leaders_every_version() {
+    let (broker, _dir) = start().await;
+    let mut client = Client::connect(broker.local_addr).await;
+    create_topic(&mut client, "elect", 2).await;
+    for version in versions(ApiKey::ElectLeaders) {
+        let partitions = |topic: &str| {
+            elect_leaders_request::TopicPartitions::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![0, 1])
+        };
+        let request = ElectLeadersRequest::default()
+            .with_topic_partitions(Some(vec![partitions("elect"), partitions("missing")]))
+            .with_timeout_ms(10_000);
+        let response: ElectLeadersResponse =
+            client.call(ApiKey::ElectLeaders, version, &request).await;
+        let codes: Vec<(String, i32, i16)> = response
+            .replica_election_results
+            .iter()
+            .flat_map(|t| {
+                t.partition_result
+                    .iter()
+                    .map(|p| (t.topic.to_string(), p.partition_id, p.error_code))
+            })
+            .collect();
+        // A single node already leads everything (ELECTION_NOT_NEEDED = 84).
+        assert_eq!(
+            codes,
+            vec![
+                ("elect".to_string(), 0, 84),
+                ("elect".to_string(), 1, 84),
+                ("missing".to_string(), 0, 3),
+                ("missing".to_string(), 1, 3),
+            ],
+            "v{version}"
+        );
+        if version >= 1 {
+            let unclean = request.clone().with_election_type(1);
+            let response: ElectLeadersResponse =
+                client.call(ApiKey::ElectLeaders, version, &unclean).await;
+            assert!(response
+                .replica_election_results
+                .iter()
+                .flat_map(|t| &t.partition_result)
+                .all(|p| p.error_code == 42));
+        }
+    }
+}

@@ -1601,6 +1601,187 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Starts (`Some(target replicas)`, preferred leader first) or cancels (`None`)
+    /// partition reassignments (AlterPartitionReassignments, KIP-455); one result per
+    /// partition. The call returns once the move has *started*: the data is copied in the
+    /// background and [`Admin::list_partition_reassignments`] lists the partition until
+    /// every new replica is in sync. Sending the same target again changes nothing, so a
+    /// retry is safe.
+    pub async fn alter_partition_reassignments(
+        &mut self,
+        reassignments: &BTreeMap<TopicPartition, Option<Vec<i32>>>,
+    ) -> Result<BTreeMap<TopicPartition, Result<(), ClientError>>, ClientError> {
+        retrying!(
+            self,
+            "AlterPartitionReassignments",
+            self.alter_partition_reassignments_once(reassignments).await
+        )
+    }
+
+    async fn alter_partition_reassignments_once(
+        &mut self,
+        reassignments: &BTreeMap<TopicPartition, Option<Vec<i32>>>,
+    ) -> Result<BTreeMap<TopicPartition, Result<(), ClientError>>, ClientError> {
+        let mut by_topic: TargetsByTopic = BTreeMap::new();
+        for ((topic, partition), target) in reassignments {
+            by_topic
+                .entry(topic.as_str())
+                .or_default()
+                .push((*partition, target.as_deref()));
+        }
+        let request = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(self.timeout_ms_field())
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        alter_partition_reassignments_request::ReassignableTopic::default()
+                            .with_name(topic_name(topic))
+                            .with_partitions(
+                                partitions
+                                    .into_iter()
+                                    .map(|(partition, target)| {
+                                        alter_partition_reassignments_request::ReassignablePartition::default()
+                                            .with_partition_index(partition)
+                                            .with_replicas(target.map(|replicas| {
+                                                replicas.iter().map(|id| BrokerId(*id)).collect()
+                                            }))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+        let address = self.controller_address().await?;
+        let (_, response) = self
+            .connection(&address)
+            .await?
+            .send(0..=0, &request)
+            .await?;
+        if response.error_code != NONE {
+            return Err(kafka_error_with(
+                "AlterPartitionReassignments",
+                response.error_code,
+                response.error_message.as_ref(),
+            ));
+        }
+        let mut results = BTreeMap::new();
+        for topic in response.responses {
+            let name = topic.name.as_str().to_string();
+            for partition in topic.partitions {
+                let result = name_result(
+                    &format!(
+                        "reassigning `{name}` partition {}",
+                        partition.partition_index
+                    ),
+                    partition.error_code,
+                    partition.error_message.as_ref(),
+                )?;
+                results.insert((name.clone(), partition.partition_index), result);
+            }
+        }
+        Ok(results)
+    }
+
+    /// The reassignments in progress (ListPartitionReassignments), sorted by topic and
+    /// partition: all of them, or those among `partitions`.
+    pub async fn list_partition_reassignments(
+        &mut self,
+        partitions: Option<&[TopicPartition]>,
+    ) -> Result<Vec<PartitionReassignment>, ClientError> {
+        retrying!(
+            self,
+            "ListPartitionReassignments",
+            self.list_partition_reassignments_once(partitions).await
+        )
+    }
+
+    async fn list_partition_reassignments_once(
+        &mut self,
+        partitions: Option<&[TopicPartition]>,
+    ) -> Result<Vec<PartitionReassignment>, ClientError> {
+        let topics = partitions.map(|partitions| {
+            let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+            for (topic, partition) in partitions {
+                by_topic.entry(topic.as_str()).or_default().push(*partition);
+            }
+            by_topic
+                .into_iter()
+                .map(|(topic, indexes)| {
+                    list_partition_reassignments_request::ListPartitionReassignmentsTopics::default(
+                    )
+                    .with_name(topic_name(topic))
+                    .with_partition_indexes(indexes)
+                })
+                .collect()
+        });
+        let request = ListPartitionReassignmentsRequest::default()
+            .with_timeout_ms(self.timeout_ms_field())
+            .with_topics(topics);
+        let address = self.controller_address().await?;
+        let (_, response) = self
+            .connection(&address)
+            .await?
+            .send(0..=0, &request)
+            .await?;
+        if response.error_code != NONE {
+            return Err(kafka_error_with(
+                "ListPartitionReassignments",
+                response.error_code,
+                response.error_message.as_ref(),
+            ));
+        }
+        let ids = |nodes: &[BrokerId]| nodes.iter().map(|id| id.0).collect::<Vec<i32>>();
+        let mut ongoing: Vec<PartitionReassignment> = response
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .map(move |partition| PartitionReassignment {
+                        topic: topic.name.as_str().to_string(),
+                        partition: partition.partition_index,
+                        replicas: ids(&partition.replicas),
+                        adding_replicas: ids(&partition.adding_replicas),
+                        removing_replicas: ids(&partition.removing_replicas),
+                    })
+            })
+            .collect();
+        ongoing.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(ongoing)
+    }
+}
+
+/// A partition reassignment in progress, as ListPartitionReassignments reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReassignment {
+    pub topic: String,
+    pub partition: i32,
+    /// Every replica assigned now: the target first, then the ones being removed.
+    pub replicas: Vec<i32>,
+    /// Target replicas still copying the partition.
+    pub adding_replicas: Vec<i32>,
+    /// Replicas that go once every adding replica is in sync.
+    pub removing_replicas: Vec<i32>,
+}
+
+impl PartitionReassignment {
+    /// The replicas the partition moves to.
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing_replicas.contains(r))
+            .collect()
+    }
+}
+
+/// Per topic, (partition, target replicas or None to cancel): one
+/// AlterPartitionReassignments request's worth.
+type TargetsByTopic<'a> = BTreeMap<&'a str, Vec<(i32, Option<&'a [i32]>)>>;
+
 /// Per topic, (partition, offset) pairs: one DeleteRecords request's worth.
 type OffsetsByTopic<'a> = BTreeMap<&'a str, Vec<(i32, i64)>>;
 

@@ -103,6 +103,12 @@ pub enum ControllerRequest {
     ClaimClusterId {
         cluster_id: String,
     },
+    /// Start (`Some(target replicas)`) or cancel (`None`) partition reassignments
+    /// (Kafka's AlterPartitionReassignments, KIP-455). Each entry is
+    /// `(topic id, partition, target)` and succeeds or fails on its own.
+    AlterPartitionReassignments {
+        reassignments: Vec<(Uuid, i32, Option<Vec<i32>>)>,
+    },
 }
 
 /// The answer to a [`ControllerRequest`] once its records are committed.
@@ -121,7 +127,9 @@ pub enum ControllerResponse {
     },
     Done,
     PartitionAltered {
-        state: PartitionRegistration,
+        /// Boxed: the registration is the largest answer, and every broker error type
+        /// that carries a response would grow with it.
+        state: Box<PartitionRegistration>,
     },
     ProducerIds {
         first_producer_id: i64,
@@ -132,6 +140,11 @@ pub enum ControllerResponse {
     },
     ClusterId {
         cluster_id: String,
+    },
+    /// One entry per requested reassignment, in request order: `None` = accepted (started,
+    /// finished at once, or cancelled), `Some` = refused with this error.
+    ReassignmentsAltered {
+        results: Vec<Option<ApiError>>,
     },
 }
 
@@ -362,6 +375,9 @@ pub fn plan(
                 ControllerResponse::LeadersElected { count },
             ))
         }
+        ControllerRequest::AlterPartitionReassignments { reassignments } => {
+            Ok(alter_partition_reassignments(image, reassignments))
+        }
     }
 }
 
@@ -562,6 +578,8 @@ fn leave_broker_records(image: &MetadataImage, broker_id: i32) -> Vec<MetadataRe
                 leader,
                 isr: isr_change,
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             });
         }
     }
@@ -581,6 +599,8 @@ fn join_broker_records(image: &MetadataImage, broker_id: i32) -> Vec<MetadataRec
                     leader: Some(broker_id),
                     isr: None,
                     replicas: None,
+                    adding_replicas: None,
+                    removing_replicas: None,
                 });
             }
         }
@@ -759,10 +779,11 @@ fn create_partitions(
             "too many partitions",
         ));
     }
+    // The target's size: during a reassignment `replicas` also holds the leaving ones.
     let replication_factor = topic
         .partitions
         .first()
-        .map(|p| i16::try_from(p.replicas.len()).unwrap_or(i16::MAX))
+        .map(|p| i16::try_from(p.target_replicas().len()).unwrap_or(i16::MAX))
         .unwrap_or(1);
     let assignments = assign_replicas(
         &placement_brokers(image),
@@ -841,19 +862,262 @@ fn alter_partition(
             format!("broker {r} is fenced or shutting down and cannot join the ISR"),
         ));
     }
-    let mut next = state.clone();
-    next.isr = new_isr.to_vec();
-    next.partition_epoch = next.partition_epoch.saturating_add(1);
-    Ok(Plan::new(
-        vec![MetadataRecord::PartitionChange {
-            topic_id: *topic_id,
-            partition,
-            leader: None,
+    // An ISR expansion that brings the last adding replica in sync finishes a reassignment
+    // in the same record.
+    let mut expanded = state.clone();
+    expanded.isr = new_isr.to_vec();
+    let change = match complete_reassignment(image, &expanded) {
+        Some(mut finish) => {
+            finish.isr.get_or_insert_with(|| new_isr.to_vec());
+            finish
+        }
+        None => PartitionChangeFields {
             isr: Some(new_isr.to_vec()),
-            replicas: None,
-        }],
-        ControllerResponse::PartitionAltered { state: next },
+            ..PartitionChangeFields::default()
+        },
+    };
+    let mut next = state.clone();
+    change.apply_to(&mut next);
+    Ok(Plan::new(
+        vec![change.into_record(*topic_id, partition)],
+        ControllerResponse::PartitionAltered {
+            state: Box::new(next),
+        },
     ))
+}
+
+/// The fields of one `PartitionChange` record (`None` = unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PartitionChangeFields {
+    leader: Option<i32>,
+    isr: Option<Vec<i32>>,
+    replicas: Option<Vec<i32>>,
+    adding_replicas: Option<Vec<i32>>,
+    removing_replicas: Option<Vec<i32>>,
+}
+
+impl PartitionChangeFields {
+    fn apply_to(&self, state: &mut PartitionRegistration) {
+        state.apply_change(
+            self.leader,
+            self.isr.as_deref(),
+            self.replicas.as_deref(),
+            self.adding_replicas.as_deref(),
+            self.removing_replicas.as_deref(),
+        );
+    }
+
+    fn into_record(self, topic_id: Uuid, partition: i32) -> MetadataRecord {
+        MetadataRecord::PartitionChange {
+            topic_id,
+            partition,
+            leader: self.leader,
+            isr: self.isr,
+            replicas: self.replicas,
+            adding_replicas: self.adding_replicas,
+            removing_replicas: self.removing_replicas,
+        }
+    }
+}
+
+/// Plans every entry of an AlterPartitionReassignments request on its own: a refused entry
+/// does not stop the others. Entries are planned against the state the earlier entries
+/// leave, so naming a partition twice behaves as two requests in a row.
+fn alter_partition_reassignments(
+    image: &MetadataImage,
+    reassignments: &[(Uuid, i32, Option<Vec<i32>>)],
+) -> Plan {
+    let mut planned: BTreeMap<(Uuid, i32), PartitionRegistration> = BTreeMap::new();
+    let mut records = Vec::new();
+    let mut results = Vec::with_capacity(reassignments.len());
+    for (topic_id, partition, target) in reassignments {
+        let key = (*topic_id, *partition);
+        let Some(state) = planned
+            .get(&key)
+            .or_else(|| image.partition(topic_id, *partition))
+            .cloned()
+        else {
+            results.push(Some(ApiError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("partition {topic_id}-{partition} does not exist"),
+            )));
+            continue;
+        };
+        let changes = match target {
+            Some(target) => start_reassignment(image, &state, target),
+            None => cancel_reassignment(image, &state),
+        };
+        match changes {
+            Ok(changes) => {
+                let mut next = state;
+                for change in changes {
+                    change.apply_to(&mut next);
+                    records.push(change.into_record(*topic_id, *partition));
+                }
+                planned.insert(key, next);
+                results.push(None);
+            }
+            Err(error) => results.push(Some(error)),
+        }
+    }
+    Plan::new(
+        records,
+        ControllerResponse::ReassignmentsAltered { results },
+    )
+}
+
+/// Starts moving a partition to `target` (KIP-455): replicas = target ∪ current (target
+/// order first, so the preferred leader is the target's first), adding = target − current,
+/// removing = current − target. A new target replaces one in progress: "current" for
+/// `adding` is then the original assignment (so the same target again changes nothing),
+/// while replicas an earlier target added stay assigned until this one finishes (they may
+/// hold the only in-sync copy). When nothing has to be copied (a shrink or a reorder) it
+/// finishes in the same batch.
+fn start_reassignment(
+    image: &MetadataImage,
+    state: &PartitionRegistration,
+    target: &[i32],
+) -> Result<Vec<PartitionChangeFields>, ApiError> {
+    let invalid = |message: String| ApiError::new(ResponseError::InvalidReplicaAssignment, message);
+    if target.is_empty() {
+        return Err(invalid("the target replica list is empty".to_string()));
+    }
+    if target.iter().collect::<BTreeSet<_>>().len() != target.len() {
+        return Err(invalid(format!(
+            "the target {target:?} lists a broker twice"
+        )));
+    }
+    for replica in target {
+        match image.brokers.get(replica) {
+            None => {
+                return Err(invalid(format!("broker {replica} is not registered")));
+            }
+            Some(broker) if broker.fenced => {
+                return Err(invalid(format!("broker {replica} is fenced")));
+            }
+            Some(_) => {}
+        }
+    }
+    let current = &state.replicas;
+    let original = state.original_replicas();
+    let mut replicas = target.to_vec();
+    replicas.extend(current.iter().copied().filter(|r| !target.contains(r)));
+    let adding: Vec<i32> = target
+        .iter()
+        .copied()
+        .filter(|r| !original.contains(r))
+        .collect();
+    let removing: Vec<i32> = current
+        .iter()
+        .copied()
+        .filter(|r| !target.contains(r))
+        .collect();
+    if replicas == state.replicas
+        && adding == state.adding_replicas
+        && removing == state.removing_replicas
+    {
+        return Ok(Vec::new());
+    }
+    let start = PartitionChangeFields {
+        replicas: Some(replicas),
+        adding_replicas: Some(adding),
+        removing_replicas: Some(removing),
+        ..PartitionChangeFields::default()
+    };
+    let mut next = state.clone();
+    start.apply_to(&mut next);
+    let mut changes = vec![start];
+    changes.extend(complete_reassignment(image, &next));
+    Ok(changes)
+}
+
+/// The change that finishes a reassignment, if it can finish now: every adding replica is
+/// in the ISR, the ISR keeps at least one target replica, and a leader being removed has
+/// an eligible in-sync target replica to hand over to. Otherwise it waits (the next ISR
+/// change asks again). Finishing sets replicas = target, ISR = ISR ∩ target and clears
+/// adding/removing; a new leader starts a new leader epoch.
+fn complete_reassignment(
+    image: &MetadataImage,
+    state: &PartitionRegistration,
+) -> Option<PartitionChangeFields> {
+    if !state.is_reassigning() || state.adding_replicas.iter().any(|r| !state.isr.contains(r)) {
+        return None;
+    }
+    let target = state.target_replicas();
+    let isr: Vec<i32> = state
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| target.contains(r))
+        .collect();
+    if isr.is_empty() {
+        return None;
+    }
+    let leader = if state.leader == NO_LEADER || target.contains(&state.leader) {
+        None
+    } else {
+        Some(
+            target
+                .iter()
+                .copied()
+                .find(|r| isr.contains(r) && image.is_broker_eligible(*r))?,
+        )
+    };
+    Some(PartitionChangeFields {
+        leader,
+        isr: (isr != state.isr).then_some(isr),
+        replicas: Some(target),
+        adding_replicas: Some(Vec::new()),
+        removing_replicas: Some(Vec::new()),
+    })
+}
+
+/// Cancels a reassignment: back to the original replicas (current − adding), ISR ∩ those,
+/// and a leader that was being added hands over to an eligible in-sync original replica
+/// (none: the partition waits offline, as after fencing). Refused when no original
+/// replica is in sync: then only the new replicas hold every acknowledged record.
+fn cancel_reassignment(
+    image: &MetadataImage,
+    state: &PartitionRegistration,
+) -> Result<Vec<PartitionChangeFields>, ApiError> {
+    if !state.is_reassigning() {
+        return Err(ApiError::new(
+            ResponseError::NoReassignmentInProgress,
+            "no reassignment of this partition is in progress",
+        ));
+    }
+    let original = state.original_replicas();
+    let isr: Vec<i32> = state
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| original.contains(r))
+        .collect();
+    if isr.is_empty() {
+        return Err(ApiError::new(
+            ResponseError::ReassignmentInProgress,
+            "no original replica is in sync, so cancelling would lose records; \
+             let the reassignment finish or start a new one",
+        ));
+    }
+    let leader = if state.leader == NO_LEADER || original.contains(&state.leader) {
+        None
+    } else {
+        Some(
+            original
+                .iter()
+                .copied()
+                .find(|r| isr.contains(r) && image.is_broker_eligible(*r))
+                .unwrap_or(NO_LEADER),
+        )
+    };
+    Ok(vec![PartitionChangeFields {
+        leader,
+        isr: (isr != state.isr).then_some(isr),
+        replicas: Some(original),
+        adding_replicas: Some(Vec::new()),
+        removing_replicas: Some(Vec::new()),
+    }])
 }
 
 fn elect_preferred_leaders(
@@ -879,6 +1143,8 @@ fn elect_preferred_leaders(
                 leader: Some(preferred),
                 isr: None,
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             })
         })
         .collect()
@@ -1150,7 +1416,7 @@ mod tests {
             panic!()
         };
         assert_eq!((state.isr.clone(), state.partition_epoch), (vec![1, 2], 1));
-        assert_eq!(image.partition(&topic_id, 0).unwrap(), &state);
+        assert_eq!(image.partition(&topic_id, 0).unwrap(), &*state);
         // Stale partition epoch.
         let err = run!(image, alter(&image, 1, 0, 0, vec![1])).unwrap_err();
         assert_eq!(err.kind(), ResponseError::InvalidUpdateVersion);
@@ -1413,5 +1679,330 @@ mod tests {
         assert_eq!(err.kind(), ResponseError::UnknownTopicOrPartition);
         run!(image, ControllerRequest::DeleteTopic { name: "t".into() }).unwrap();
         assert!(image.topics.is_empty());
+    }
+
+    /// Brokers 1..=4 and topic "t" with one partition on `replicas` (leader first).
+    fn reassignment_fixture(replicas: Vec<i32>) -> (MetadataImage, Uuid) {
+        let mut image = image_with_brokers(&[1, 2, 3, 4]);
+        run!(
+            image,
+            ControllerRequest::CreateTopic {
+                name: "t".into(),
+                num_partitions: -1,
+                replication_factor: -1,
+                assignments: vec![replicas],
+                configs: BTreeMap::new(),
+            }
+        )
+        .unwrap();
+        let topic_id = image.topic_by_name("t").unwrap().topic_id;
+        (image, topic_id)
+    }
+
+    fn reassign(
+        image: &mut MetadataImage,
+        entries: Vec<(Uuid, i32, Option<Vec<i32>>)>,
+    ) -> Vec<Option<ResponseError>> {
+        let request = ControllerRequest::AlterPartitionReassignments {
+            reassignments: entries,
+        };
+        let ControllerResponse::ReassignmentsAltered { results } = run(image, request).unwrap()
+        else {
+            panic!("expected ReassignmentsAltered")
+        };
+        results.into_iter().map(|r| r.map(|e| e.kind())).collect()
+    }
+
+    /// The current leader of partition 0 asks for `new_isr`.
+    fn leader_alters_isr(
+        image: &mut MetadataImage,
+        topic_id: Uuid,
+        new_isr: Vec<i32>,
+    ) -> PartitionRegistration {
+        let state = image.partition(&topic_id, 0).unwrap().clone();
+        let request = ControllerRequest::AlterPartition {
+            broker_id: state.leader,
+            broker_epoch: epoch(image, state.leader),
+            topic_id,
+            partition: 0,
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr,
+        };
+        let ControllerResponse::PartitionAltered { state: next } = run(image, request).unwrap()
+        else {
+            panic!("expected PartitionAltered")
+        };
+        assert_eq!(image.partition(&topic_id, 0).unwrap(), &*next);
+        *next
+    }
+
+    #[test]
+    fn reassignment_starts_with_the_union_and_the_adding_and_removing_sets() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2]);
+        let results = reassign(&mut image, vec![(topic_id, 0, Some(vec![3, 4]))]);
+        assert_eq!(results, vec![None]);
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert_eq!(p.replicas, vec![3, 4, 1, 2]);
+        assert_eq!(p.adding_replicas, vec![3, 4]);
+        assert_eq!(p.removing_replicas, vec![1, 2]);
+        assert_eq!(
+            (p.isr.clone(), p.leader, p.leader_epoch),
+            (vec![1, 2], 1, 0)
+        );
+        assert_eq!(p.target_replicas(), vec![3, 4]);
+        assert_eq!(p.original_replicas(), vec![1, 2]);
+        assert_eq!(image.reassigning_partitions(), vec![(topic_id, 0)]);
+        // Partitions added meanwhile get the target's replication factor, not the union's.
+        run!(
+            image,
+            ControllerRequest::CreatePartitions {
+                name: "t".into(),
+                total_count: 2,
+            }
+        )
+        .unwrap();
+        assert_eq!(image.partition(&topic_id, 1).unwrap().replicas.len(), 2);
+        // The same target again changes nothing.
+        let before = image.partition(&topic_id, 0).unwrap().clone();
+        assert_eq!(
+            reassign(&mut image, vec![(topic_id, 0, Some(vec![3, 4]))]),
+            vec![None]
+        );
+        assert_eq!(image.partition(&topic_id, 0).unwrap(), &before);
+    }
+
+    #[test]
+    fn reassignment_finishes_when_every_adding_replica_is_in_sync_and_moves_the_leader() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2]);
+        reassign(&mut image, vec![(topic_id, 0, Some(vec![3, 4]))]);
+        // One of two adding replicas in sync: still moving.
+        let state = leader_alters_isr(&mut image, topic_id, vec![1, 2, 3]);
+        assert_eq!(state.isr, vec![1, 2, 3]);
+        assert!(state.is_reassigning());
+        // The last one: finished in the same record, leadership to the first target.
+        let state = leader_alters_isr(&mut image, topic_id, vec![1, 2, 3, 4]);
+        assert!(!state.is_reassigning());
+        assert_eq!(state.replicas, vec![3, 4]);
+        assert_eq!(state.isr, vec![3, 4]);
+        assert_eq!((state.leader, state.leader_epoch), (3, 1));
+        assert!(image.reassigning_partitions().is_empty());
+    }
+
+    #[test]
+    fn reassignment_keeping_the_leader_keeps_its_epoch() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2]);
+        reassign(&mut image, vec![(topic_id, 0, Some(vec![1, 3]))]);
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert_eq!(
+            (p.replicas.clone(), p.adding_replicas.clone()),
+            (vec![1, 3, 2], vec![3])
+        );
+        let state = leader_alters_isr(&mut image, topic_id, vec![1, 2, 3]);
+        assert_eq!(
+            (state.replicas, state.isr, state.leader, state.leader_epoch),
+            (vec![1, 3], vec![1, 3], 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_shrink_or_reorder_finishes_at_once() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2, 3]);
+        assert_eq!(
+            reassign(&mut image, vec![(topic_id, 0, Some(vec![2, 3]))]),
+            vec![None]
+        );
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert!(!p.is_reassigning());
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader, p.leader_epoch),
+            (vec![2, 3], vec![2, 3], 2, 1)
+        );
+        reassign(&mut image, vec![(topic_id, 0, Some(vec![3, 2]))]);
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert_eq!((p.replicas.clone(), p.leader), (vec![3, 2], 2));
+        assert!(!p.is_reassigning());
+    }
+
+    #[test]
+    fn finishing_waits_while_no_target_replica_is_in_sync() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2]);
+        leader_alters_isr(&mut image, topic_id, vec![1]);
+        // Nothing to copy, but the only target replica is out of sync: wait.
+        reassign(&mut image, vec![(topic_id, 0, Some(vec![2]))]);
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert!(p.is_reassigning());
+        assert_eq!((p.replicas.clone(), p.isr.clone()), (vec![2, 1], vec![1]));
+        // It catches up: finished, leadership handed over.
+        let state = leader_alters_isr(&mut image, topic_id, vec![1, 2]);
+        assert_eq!(
+            (state.replicas, state.isr, state.leader),
+            (vec![2], vec![2], 2)
+        );
+        assert!(!image.partition(&topic_id, 0).unwrap().is_reassigning());
+    }
+
+    #[test]
+    fn finishing_waits_while_no_eligible_target_replica_can_lead() {
+        let mut image = image_with_brokers(&[1, 2, 3]);
+        // 3 is in sync but shutting down (its ISR exit not yet applied): the leader, which
+        // is being removed, may not hand over to it yet.
+        image.apply(
+            90,
+            &MetadataRecord::BrokerShuttingDown {
+                broker_id: 3,
+                broker_epoch: epoch(&image, 3),
+            },
+        );
+        let state = PartitionRegistration {
+            replicas: vec![3, 1],
+            isr: vec![1, 3],
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            adding_replicas: vec![3],
+            removing_replicas: vec![1],
+        };
+        assert_eq!(complete_reassignment(&image, &state), None);
+        // Eligible again: it finishes.
+        image.apply(
+            91,
+            &MetadataRecord::UnfenceBroker {
+                broker_id: 3,
+                broker_epoch: epoch(&image, 3),
+            },
+        );
+        let finish = complete_reassignment(&image, &state).unwrap();
+        assert_eq!(
+            (finish.leader, finish.isr, finish.replicas),
+            (Some(3), Some(vec![3]), Some(vec![3]))
+        );
+    }
+
+    #[test]
+    fn reassignment_entries_are_validated_one_by_one() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2]);
+        for r in fence_broker(&image, 4) {
+            image.apply(80, &r);
+        }
+        let results = reassign(
+            &mut image,
+            vec![
+                (Uuid::from_u128(7), 0, Some(vec![1])),
+                (topic_id, 5, Some(vec![1])),
+                (topic_id, -1, None),
+                (topic_id, 0, Some(vec![])),
+                (topic_id, 0, Some(vec![3, 3])),
+                (topic_id, 0, Some(vec![3, 9])),
+                (topic_id, 0, Some(vec![3, 4])),
+                (topic_id, 0, None),
+                (topic_id, 0, Some(vec![2, 3])),
+            ],
+        );
+        use ResponseError::*;
+        assert_eq!(
+            results,
+            vec![
+                Some(UnknownTopicOrPartition),
+                Some(UnknownTopicOrPartition),
+                Some(UnknownTopicOrPartition),
+                Some(InvalidReplicaAssignment),
+                Some(InvalidReplicaAssignment),
+                Some(InvalidReplicaAssignment),
+                Some(InvalidReplicaAssignment),
+                Some(NoReassignmentInProgress),
+                None,
+            ]
+        );
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert_eq!(
+            (p.replicas.clone(), p.adding_replicas.clone()),
+            (vec![2, 3, 1], vec![3])
+        );
+    }
+
+    #[test]
+    fn a_new_target_replaces_the_one_in_progress_and_entries_apply_in_order() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2]);
+        // Start, then in the same request go back to [1, 2]: the second entry sees the
+        // first and finishes at once (nothing to copy).
+        let results = reassign(
+            &mut image,
+            vec![
+                (topic_id, 0, Some(vec![3, 4])),
+                (topic_id, 0, Some(vec![1, 2])),
+            ],
+        );
+        assert_eq!(results, vec![None, None]);
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert!(!p.is_reassigning());
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone()),
+            (vec![1, 2], vec![1, 2])
+        );
+        // A replacement keeps the replicas the first one added.
+        reassign(&mut image, vec![(topic_id, 0, Some(vec![3, 4]))]);
+        reassign(&mut image, vec![(topic_id, 0, Some(vec![1, 3]))]);
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert_eq!(p.replicas, vec![1, 3, 4, 2]);
+        assert_eq!(p.adding_replicas, vec![3]);
+        assert_eq!(p.removing_replicas, vec![4, 2]);
+        // Finished once 3 is in sync; 4 goes although it never caught up.
+        let state = leader_alters_isr(&mut image, topic_id, vec![1, 2, 3]);
+        assert_eq!(
+            (state.replicas, state.isr, state.leader),
+            (vec![1, 3], vec![1, 3], 1)
+        );
+    }
+
+    #[test]
+    fn cancel_goes_back_to_the_original_replicas() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2]);
+        reassign(&mut image, vec![(topic_id, 0, Some(vec![3, 4]))]);
+        leader_alters_isr(&mut image, topic_id, vec![1, 2, 3]);
+        assert_eq!(reassign(&mut image, vec![(topic_id, 0, None)]), vec![None]);
+        let p = image.partition(&topic_id, 0).unwrap();
+        assert!(!p.is_reassigning());
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader, p.leader_epoch),
+            (vec![1, 2], vec![1, 2], 1, 0)
+        );
+        assert_eq!(
+            reassign(&mut image, vec![(topic_id, 0, None)]),
+            vec![Some(ResponseError::NoReassignmentInProgress)]
+        );
+    }
+
+    #[test]
+    fn cancel_moves_leadership_off_an_adding_replica_or_refuses_to_lose_records() {
+        let (mut image, topic_id) = reassignment_fixture(vec![1, 2]);
+        reassign(&mut image, vec![(topic_id, 0, Some(vec![3, 4]))]);
+        leader_alters_isr(&mut image, topic_id, vec![1, 2, 3]);
+        // The leader dies: 3 (first in replicas, in sync) takes over.
+        for r in fence_broker(&image, 1) {
+            image.apply(80, &r);
+        }
+        let p = image.partition(&topic_id, 0).unwrap().clone();
+        assert_eq!((p.leader, p.isr.clone()), (3, vec![2, 3]));
+        let mut cancelled = image.clone();
+        assert_eq!(
+            reassign(&mut cancelled, vec![(topic_id, 0, None)]),
+            vec![None]
+        );
+        let c = cancelled.partition(&topic_id, 0).unwrap();
+        assert_eq!(
+            (c.replicas.clone(), c.isr.clone(), c.leader),
+            (vec![1, 2], vec![2], 2)
+        );
+        assert_eq!(c.leader_epoch, p.leader_epoch + 1);
+        // With 2 gone too only the new replica 3 holds the records: no cancel.
+        for r in fence_broker(&image, 2) {
+            image.apply(81, &r);
+        }
+        assert_eq!(image.partition(&topic_id, 0).unwrap().isr, vec![3]);
+        assert_eq!(
+            reassign(&mut image, vec![(topic_id, 0, None)]),
+            vec![Some(ResponseError::ReassignmentInProgress)]
+        );
     }
 }

@@ -33,6 +33,10 @@ impl BrokerRegistration {
 }
 
 /// Replication state of one partition.
+///
+/// During a reassignment (KIP-455) `replicas` is the union of the target and the current
+/// replicas (target order first), `adding_replicas` the target replicas not yet assigned
+/// before and `removing_replicas` the ones that go once every adding replica is in sync.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRegistration {
     pub replicas: Vec<i32>,
@@ -40,6 +44,67 @@ pub struct PartitionRegistration {
     pub leader: i32,
     pub leader_epoch: i32,
     pub partition_epoch: i32,
+    /// Empty unless a reassignment is in progress (absent in images written before).
+    #[serde(default)]
+    pub adding_replicas: Vec<i32>,
+    /// Empty unless a reassignment is in progress.
+    #[serde(default)]
+    pub removing_replicas: Vec<i32>,
+}
+
+impl PartitionRegistration {
+    /// Is a reassignment in progress?
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
+
+    /// The replicas a reassignment moves to (`replicas` when none is in progress).
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing_replicas.contains(r))
+            .collect()
+    }
+
+    /// The replicas before the reassignment started (what a cancel goes back to).
+    pub fn original_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.adding_replicas.contains(r))
+            .collect()
+    }
+
+    /// Applies the fields of a `PartitionChange` record: the one place the epoch rules
+    /// live, shared by the image and by the controller logic that plans several changes
+    /// of one partition in a single request.
+    pub fn apply_change(
+        &mut self,
+        leader: Option<i32>,
+        isr: Option<&[i32]>,
+        replicas: Option<&[i32]>,
+        adding_replicas: Option<&[i32]>,
+        removing_replicas: Option<&[i32]>,
+    ) {
+        if let Some(leader) = leader {
+            self.leader = leader;
+            self.leader_epoch = self.leader_epoch.saturating_add(1);
+        }
+        if let Some(isr) = isr {
+            self.isr = isr.to_vec();
+        }
+        if let Some(replicas) = replicas {
+            self.replicas = replicas.to_vec();
+        }
+        if let Some(adding) = adding_replicas {
+            self.adding_replicas = adding.to_vec();
+        }
+        if let Some(removing) = removing_replicas {
+            self.removing_replicas = removing.to_vec();
+        }
+        self.partition_epoch = self.partition_epoch.saturating_add(1);
+    }
 }
 
 impl From<&PartitionRecord> for PartitionRegistration {
@@ -50,6 +115,8 @@ impl From<&PartitionRecord> for PartitionRegistration {
             leader: record.leader,
             leader_epoch: record.leader_epoch,
             partition_epoch: record.partition_epoch,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         }
     }
 }
@@ -202,22 +269,20 @@ impl MetadataImage {
                 leader,
                 isr,
                 replicas,
+                adding_replicas,
+                removing_replicas,
             } => {
                 let Some(state) = self.partition_mut(topic_id, *partition) else {
                     tracing::warn!(%topic_id, partition, "ignoring PartitionChange of an unknown partition");
                     return;
                 };
-                if let Some(leader) = leader {
-                    state.leader = *leader;
-                    state.leader_epoch = state.leader_epoch.saturating_add(1);
-                }
-                if let Some(isr) = isr {
-                    state.isr = isr.clone();
-                }
-                if let Some(replicas) = replicas {
-                    state.replicas = replicas.clone();
-                }
-                state.partition_epoch = state.partition_epoch.saturating_add(1);
+                state.apply_change(
+                    *leader,
+                    isr.as_deref(),
+                    replicas.as_deref(),
+                    adding_replicas.as_deref(),
+                    removing_replicas.as_deref(),
+                );
             }
             MetadataRecord::Config {
                 resource,
@@ -280,12 +345,19 @@ impl MetadataImage {
         self.partitions_matching(|p| p.leader == broker_id)
     }
 
+    /// Partitions (topic id, partition) with a reassignment in progress
+    /// (ListPartitionReassignments).
+    pub fn reassigning_partitions(&self) -> Vec<(Uuid, i32)> {
+        self.partitions_matching(PartitionRegistration::is_reassigning)
+    }
+
     /// Partitions (topic id, partition) whose leader is [`NO_LEADER`].
     pub fn offline_partitions(&self) -> Vec<(Uuid, i32)> {
         self.partitions_matching(|p| p.leader == NO_LEADER)
     }
 
-    pub(crate) fn partitions_matching(
+    /// Partitions (topic id, partition) whose registration satisfies `predicate`.
+    pub fn partitions_matching(
         &self,
         predicate: impl Fn(&PartitionRegistration) -> bool,
     ) -> Vec<(Uuid, i32)> {
@@ -415,6 +487,8 @@ mod tests {
                 leader: None,
                 isr: Some(vec![1]),
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             },
         );
         let p = image.partition(&id, 0).cloned().unwrap();
@@ -429,6 +503,8 @@ mod tests {
                 leader: Some(2),
                 isr: Some(vec![2]),
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             },
         );
         let p = image.partition(&id, 0).cloned().unwrap();
@@ -442,6 +518,8 @@ mod tests {
                 leader: Some(1),
                 isr: None,
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             },
         );
         assert_eq!(image.topics[&id].partitions.len(), 1);
@@ -521,5 +599,56 @@ mod tests {
         image.apply(1, &block(1000));
         image.apply(2, &block(500));
         assert_eq!(image.next_producer_id, 1000);
+    }
+
+    #[test]
+    fn records_and_images_written_before_reassignment_still_decode() {
+        let id = Uuid::from_u128(42);
+        let old_record = format!(
+            r#"{{"type":"PartitionChange","topic_id":"{id}","partition":0,"leader":2,"isr":[2],"replicas":null}}"#
+        );
+        let record: MetadataRecord = serde_json::from_str(&old_record).unwrap();
+        let MetadataRecord::PartitionChange {
+            adding_replicas,
+            removing_replicas,
+            ..
+        } = &record
+        else {
+            panic!("expected PartitionChange")
+        };
+        assert_eq!((adding_replicas, removing_replicas), (&None, &None));
+        // A record without reassignment fields is written as before.
+        assert!(!serde_json::to_string(&record).unwrap().contains("adding"));
+        let old_registration =
+            r#"{"replicas":[1,2],"isr":[1],"leader":1,"leader_epoch":3,"partition_epoch":4}"#;
+        let state: PartitionRegistration = serde_json::from_str(old_registration).unwrap();
+        assert!(!state.is_reassigning());
+        assert_eq!(state.target_replicas(), vec![1, 2]);
+    }
+
+    #[test]
+    fn partition_change_sets_and_clears_a_reassignment() {
+        let mut image = MetadataImage::default();
+        let id = Uuid::from_u128(42);
+        image.apply(1, &topic_record(id));
+        let change = |adding: Vec<i32>, removing: Vec<i32>, replicas: Vec<i32>| {
+            MetadataRecord::PartitionChange {
+                topic_id: id,
+                partition: 0,
+                leader: None,
+                isr: None,
+                replicas: Some(replicas),
+                adding_replicas: Some(adding),
+                removing_replicas: Some(removing),
+            }
+        };
+        image.apply(2, &change(vec![3], vec![1], vec![2, 3, 1]));
+        let p = image.partition(&id, 0).cloned().unwrap();
+        assert_eq!(p.target_replicas(), vec![2, 3]);
+        assert_eq!(p.original_replicas(), vec![2, 1]);
+        assert_eq!(image.reassigning_partitions(), vec![(id, 0)]);
+        image.apply(3, &change(vec![], vec![], vec![2, 3]));
+        assert!(image.reassigning_partitions().is_empty());
+        assert_eq!(image.partition(&id, 0).unwrap().partition_epoch, 2);
     }
 }

@@ -131,6 +131,14 @@ pub enum MetadataRecord {
         leader: Option<i32>,
         isr: Option<Vec<i32>>,
         replicas: Option<Vec<i32>>,
+        /// Replicas a reassignment adds (KIP-455); `Some(vec![])` ends the reassignment.
+        /// Absent in records written before reassignment existed, and skipped when `None`
+        /// so that such records keep their old bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        adding_replicas: Option<Vec<i32>>,
+        /// Replicas a reassignment removes once the adding ones are in sync.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        removing_replicas: Option<Vec<i32>>,
     },
     /// Set (`value: Some`) or delete (`value: None`) one configuration entry.
     Config {

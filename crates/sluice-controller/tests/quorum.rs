@@ -585,3 +585,93 @@ async fn a_sole_voter_works_without_a_listener_and_restarts_from_disk() {
     let larger = ControllerConfig::new(1, voters, dir.path().join("other"));
     assert!(Controller::start_sole_voter(larger).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reassignment_survives_a_restart_and_finishes_when_the_new_replica_is_in_sync() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.node(cluster.follower(leader)).clone();
+    let mut broker_epochs = BTreeMap::new();
+    for broker in 1..=3 {
+        broker_epochs.insert(broker, register_and_unfence(&follower, broker).await);
+    }
+    let response = follower
+        .propose(ControllerRequest::CreateTopic {
+            name: "moving".into(),
+            num_partitions: -1,
+            replication_factor: -1,
+            assignments: vec![vec![1, 2]],
+            configs: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+    let ControllerResponse::TopicCreated { topic_id } = response else {
+        panic!("unexpected {response:?}")
+    };
+    // Through a follower (forwarded): one entry accepted, one refused.
+    let response = follower
+        .propose(ControllerRequest::AlterPartitionReassignments {
+            reassignments: vec![(topic_id, 0, Some(vec![3])), (topic_id, 1, Some(vec![3]))],
+        })
+        .await
+        .unwrap();
+    let ControllerResponse::ReassignmentsAltered { results } = response else {
+        panic!("unexpected {response:?}")
+    };
+    assert!(results[0].is_none(), "{results:?}");
+    assert_eq!(
+        results[1].as_ref().map(|e| e.kind()),
+        Some(ResponseError::UnknownTopicOrPartition)
+    );
+    let moving = |i: &MetadataImage| {
+        i.partition(&topic_id, 0)
+            .is_some_and(|p| p.adding_replicas == vec![3] && p.removing_replicas == vec![1, 2])
+    };
+    let before = cluster.wait_converged(moving).await;
+    assert_eq!(before.reassigning_partitions(), vec![(topic_id, 0)]);
+
+    // The move in progress is in the log (and snapshots): a whole-cluster restart keeps it.
+    for id in 1..=3 {
+        cluster.stop_node(id).await;
+    }
+    for id in 1..=3 {
+        cluster.start_node(id).await;
+    }
+    let leader = cluster.wait_for_leader().await;
+    let after = cluster
+        .wait_converged(|i| i.last_applied_index >= before.last_applied_index)
+        .await;
+    assert_eq!(after.topics, before.topics);
+
+    // The partition leader (1) reports 3 in sync: the move finishes, 3 leads.
+    let state = after.partition(&topic_id, 0).unwrap().clone();
+    let response = cluster
+        .node(leader)
+        .propose(ControllerRequest::AlterPartition {
+            broker_id: 1,
+            broker_epoch: broker_epochs[&1],
+            topic_id,
+            partition: 0,
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr: vec![1, 2, 3],
+        })
+        .await
+        .unwrap();
+    let ControllerResponse::PartitionAltered { state: finished } = response else {
+        panic!("unexpected {response:?}")
+    };
+    assert_eq!(
+        (
+            finished.replicas.clone(),
+            finished.isr.clone(),
+            finished.leader
+        ),
+        (vec![3], vec![3], 3)
+    );
+    let done = cluster
+        .wait_converged(|i| i.reassigning_partitions().is_empty())
+        .await;
+    assert_eq!(done.partition(&topic_id, 0), Some(&*finished));
+    cluster.shutdown().await;
+}

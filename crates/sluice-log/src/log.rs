@@ -518,9 +518,37 @@ impl Log {
         rewrite_header(&mut head_rewritten, base_offset, leader_epoch);
         header.base_offset = base_offset;
         header.partition_leader_epoch = leader_epoch;
-        if self.leader_epochs.assign(leader_epoch, base_offset) {
-            // Durable before the batch is: the file must never lack the epoch of data on
-            // disk (an entry past the end after a crash is dropped at open).
+        self.write_placed_batch(&header, last_offset, |segment, index_interval_bytes| {
+            segment.append_parts(&head_rewritten, body, &header, index_interval_bytes, now_ms)
+        })?;
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            max_timestamp: header.max_timestamp,
+            records_count: header.records_count,
+            batch_bytes: batch.len(),
+            duplicate: false,
+        })
+    }
+
+    /// What every append shares once the batch is validated, placed (`header` has its final
+    /// base offset and epoch) and the active segment rolled: the leader epoch entry it opens,
+    /// durable before the batch is (the file must never lack the epoch of data on disk; an
+    /// entry past the end after a crash is dropped at open), the write, and the producer
+    /// state. A failed write is cut back by the segment; if it could not be, the log is
+    /// marked failed, since a torn tail the file length keeps would make a restart see
+    /// garbage after acknowledged data.
+    pub(crate) fn write_placed_batch(
+        &mut self,
+        header: &BatchHeader,
+        last_offset: i64,
+        write: impl FnOnce(&mut Segment, u32) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        let base_offset = header.base_offset;
+        if self
+            .leader_epochs
+            .assign(header.partition_leader_epoch, base_offset)
+        {
             if let Err(error) = self.leader_epochs.persist() {
                 self.leader_epochs.truncate_from_end(base_offset);
                 return Err(error);
@@ -528,12 +556,7 @@ impl Log {
         }
         let index_interval_bytes = self.config.index_interval_bytes;
         let segment = self.active_segment()?;
-        if let Err(error) =
-            segment.append_parts(&head_rewritten, body, &header, index_interval_bytes, now_ms)
-        {
-            // The segment cut the partial write off; check that it really did, since a torn
-            // tail under the committed end would be overwritten fine but one the file length
-            // keeps would make a restart see garbage after acknowledged data.
+        if let Err(error) = write(segment, index_interval_bytes) {
             if let Err(reason) = segment.ensure_committed_length() {
                 let reason = format!("a failed write ({error}) could not be cut back: {reason}");
                 tracing::error!(dir = %self.dir.display(), %reason, "log marked failed");
@@ -543,16 +566,9 @@ impl Log {
         }
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
         if header.producer_id >= 0 {
-            self.producer_state.update(&header);
+            self.producer_state.update(header);
         }
-        Ok(AppendInfo {
-            base_offset,
-            last_offset,
-            max_timestamp: header.max_timestamp,
-            records_count: header.records_count,
-            batch_bytes: batch.len(),
-            duplicate: false,
-        })
+        Ok(())
     }
 
     fn should_roll(

@@ -34,6 +34,9 @@ pub fn handle(ctx: &RequestContext, request: DescribeGroupsRequest) -> Result<By
             if id.is_empty() {
                 return described.with_error_code(ResponseError::InvalidGroupId.code());
             }
+            if let Err(code) = ctx.broker.groups.check_coordinator(id.as_str()) {
+                return described.with_error_code(code);
+            }
             match ctx.broker.groups.describe(id.as_str()) {
                 None => described.with_group_state(StrBytes::from_static_str("Dead")),
                 Some(d) => described

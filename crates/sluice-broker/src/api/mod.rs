@@ -13,6 +13,7 @@ use crate::broker::Broker;
 use crate::server::Dispatched;
 
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
@@ -22,6 +23,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod elect_leaders;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -31,6 +33,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -68,6 +71,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
@@ -232,6 +238,18 @@ pub async fn dispatch(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),
+        ApiKey::AlterPartitionReassignments => now(alter_partition_reassignments::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )
+        .await?),
+        ApiKey::ListPartitionReassignments => now(list_partition_reassignments::handle(
+            &ctx,
+            decode(&mut body, api_key, version)?,
+        )?),
+        ApiKey::ElectLeaders => {
+            now(elect_leaders::handle(&ctx, decode(&mut body, api_key, version)?).await?)
+        }
         ApiKey::InitProducerId => {
             now(init_producer_id::handle(&ctx, decode(&mut body, api_key, version)?).await?)
         }

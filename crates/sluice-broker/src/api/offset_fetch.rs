@@ -39,6 +39,11 @@ pub fn handle(ctx: &RequestContext, request: OffsetFetchRequest) -> Result<Bytes
                         .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
+                if let Err(code) = groups.check_coordinator(g.group_id.as_str()) {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id.clone())
+                        .with_error_code(code);
+                }
                 let found: Found = groups.fetch_offsets(g.group_id.as_str(), topics);
                 OffsetFetchResponseGroup::default()
                     .with_group_id(g.group_id.clone())
@@ -74,6 +79,9 @@ pub fn handle(ctx: &RequestContext, request: OffsetFetchRequest) -> Result<Bytes
                 .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
                 .collect()
         });
+        if let Err(code) = groups.check_coordinator(request.group_id.as_str()) {
+            return ctx.respond(&coordinator_error(ctx.version(), code, topics));
+        }
         let found: Found = groups.fetch_offsets(request.group_id.as_str(), topics);
         OffsetFetchResponse::default().with_topics(
             found
@@ -103,4 +111,37 @@ pub fn handle(ctx: &RequestContext, request: OffsetFetchRequest) -> Result<Bytes
         )
     };
     ctx.respond(&response)
+}
+
+/// A v1-v7 answer for a group not coordinated here: the top-level error (v2+), or per
+/// partition (v1, which has no top-level error).
+fn coordinator_error(
+    version: i16,
+    code: i16,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> OffsetFetchResponse {
+    if version >= 2 {
+        return OffsetFetchResponse::default().with_error_code(code);
+    }
+    OffsetFetchResponse::default().with_topics(
+        topics
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(topic, partitions)| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic)))
+                    .with_partitions(
+                        partitions
+                            .into_iter()
+                            .map(|p| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(-1)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
 }

@@ -10,9 +10,15 @@
 //! Durability: offsets and group metadata are appended as RecordBatch v2 to the
 //! internal topic `__consumer_offsets` (partition = Java `String.hashCode` of the group,
 //! as Kafka), through the ordinary partition path; an OffsetCommit is answered only
-//! once its batch is fsynced (the acks=all wait). On start every partition of the topic
-//! is replayed from its log start: offsets come back, groups come back Empty (members
-//! are not live after a restart, as in Kafka once their sessions expire).
+//! once its batch is replicated and fsynced (the acks=all wait).
+//!
+//! Coordinator failover: the coordinator of a group is the leader of the group's
+//! `__consumer_offsets` partition. Every tick the coordinator compares the offsets
+//! partitions this broker leads with those it has loaded: a partition it newly leads is
+//! replayed from its log start to its log end (offsets come back, groups come back Empty:
+//! members rejoin, as in Kafka once their sessions expire), one it no longer leads is
+//! unloaded. Requests for a group answer NOT_COORDINATOR where its partition is led
+//! elsewhere and COORDINATOR_LOAD_IN_PROGRESS while it is being loaded here.
 //!
 //! The topic is compacted (`cleanup.policy=compact`, as Kafka): deletions are tombstones,
 //! and replay reads across the offset gaps the cleaner leaves.
@@ -23,6 +29,7 @@ pub mod state;
 pub mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,51 +87,30 @@ pub struct GroupCoordinator {
     metadata_max_bytes: usize,
     retention_ms: i64,
     retention_check_ms: u64,
-    partitions: i32,
+    /// Partitions of `__consumer_offsets`.
+    partitions: AtomicI32,
     groups: Mutex<HashMap<String, Group>>,
+    /// Offsets partitions whose groups are loaded, with the leader epoch they were
+    /// loaded under (a new epoch, even of this broker again, reloads).
+    loaded: Mutex<HashMap<i32, i32>>,
 }
 
 impl GroupCoordinator {
-    /// Creates `__consumer_offsets` if missing and replays it.
+    /// Creates `__consumer_offsets` if missing (once enough brokers are up: see
+    /// [`GroupCoordinator::ensure_offsets_topic`]) and loads the groups of the offsets
+    /// partitions this broker leads.
     pub fn open(
         replicas: Arc<ReplicaManager>,
         config: &BrokerConfig,
     ) -> Result<Arc<GroupCoordinator>, TopicError> {
-        if replicas.topic(OFFSETS_TOPIC).is_none() {
-            let segment_bytes = config.offsets_topic_segment_bytes().to_string();
-            // Kafka refuses to create it with fewer brokers than asked; a single node must
-            // work with no configuration, so it is capped at the brokers there are.
-            let wanted = config.offsets_topic_replication_factor();
-            let brokers = i16::try_from(replicas.eligible_broker_count()).unwrap_or(i16::MAX);
-            let replication_factor = wanted.min(brokers).max(1);
-            if replication_factor < wanted && brokers > 1 {
-                tracing::warn!(wanted, replication_factor, "creating __consumer_offsets with fewer replicas than offsets.topic.replication.factor: not enough brokers yet");
-            }
-            let created = replicas.create_topic_blocking(
-                &NewTopic {
-                    name: OFFSETS_TOPIC,
-                    partitions: config.offsets_topic_num_partitions(),
-                    replication_factor,
-                    configs: vec![
-                        ("segment.bytes", segment_bytes.as_str()),
-                        ("cleanup.policy", "compact"),
-                    ],
-                },
-                false,
-            );
-            // In a cluster another broker may have created it first.
-            match created {
-                Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
-                Err(error) => return Err(error),
-            }
-        } else {
+        if replicas.topic(OFFSETS_TOPIC).is_some() {
             // A topic created by an older version was not compacted; Kafka's offsets topic is.
             replicas.ensure_topic_config(OFFSETS_TOPIC, "cleanup.policy", "compact")?;
         }
         let partitions = replicas
             .topic(OFFSETS_TOPIC)
             .map(|t| t.record.partitions)
-            .unwrap_or(1);
+            .unwrap_or(config.offsets_topic_num_partitions());
         let coordinator = GroupCoordinator {
             replicas,
             limits: GroupLimits {
@@ -137,66 +123,170 @@ impl GroupCoordinator {
             metadata_max_bytes: config.offset_metadata_max_bytes(),
             retention_ms: config.offsets_retention_ms(),
             retention_check_ms: config.offsets_retention_check_interval_ms(),
-            partitions,
+            partitions: AtomicI32::new(partitions),
             groups: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
         };
-        coordinator.load()?;
+        coordinator.ensure_offsets_topic(config)?;
+        coordinator.follow_leadership()?;
         Ok(Arc::new(coordinator))
     }
 
-    fn offsets_partition(&self, group: &str) -> Option<Arc<Partition>> {
-        self.replicas
-            .partition(OFFSETS_TOPIC, store::partition_for(group, self.partitions))
+    /// Partitions of `__consumer_offsets` (fixed once it exists).
+    fn partitions(&self) -> i32 {
+        self.partitions.load(Ordering::Relaxed)
     }
 
-    /// Replays every partition of the offsets topic.
-    fn load(&self) -> Result<(), TopicError> {
-        let Some(topic) = self.replicas.topic(OFFSETS_TOPIC) else {
+    /// Creates `__consumer_offsets` when it is missing and enough brokers can take its
+    /// replicas: `offsets.topic.replication.factor`, capped at the number of controller
+    /// voters (a single node needs no configuration). Until then FindCoordinator answers
+    /// COORDINATOR_NOT_AVAILABLE, as Kafka does; a cluster whose brokers start together
+    /// would otherwise create it with the one or two brokers that happened to be up first.
+    fn ensure_offsets_topic(&self, config: &BrokerConfig) -> Result<(), TopicError> {
+        if let Some(topic) = self.replicas.topic(OFFSETS_TOPIC) {
+            self.partitions
+                .store(topic.record.partitions, Ordering::Relaxed);
             return Ok(());
-        };
-        let mut groups = self.groups.lock();
-        let mut records = 0usize;
-        for partition in &topic.partitions {
-            let mut offset = partition.log_start_offset();
-            while offset < partition.high_watermark() {
-                let read = partition.read(offset, 1 << 20)?;
-                let Some(slice) = read.slice else { break };
-                let mut bytes = Bytes::from(slice.read_to_vec().map_err(sluice_log::LogError::Io)?);
-                let sets = match RecordBatchDecoder::decode_all(&mut bytes) {
-                    Ok(sets) => sets,
-                    Err(error) => {
-                        tracing::error!(partition = partition.index, offset, %error, "undecodable batch in __consumer_offsets; skipping the rest of the partition");
-                        break;
-                    }
-                };
-                for set in sets {
-                    for record in set.records {
-                        let Some(key) = record.key.as_deref() else {
-                            continue;
-                        };
-                        match store::decode(key, record.value.as_deref()) {
-                            Some(decoded) => {
-                                records += 1;
-                                apply(&mut groups, decoded);
-                            }
-                            None => tracing::warn!(
-                                partition = partition.index,
-                                offset = record.offset,
-                                "unreadable record in __consumer_offsets; ignored"
-                            ),
-                        }
-                    }
+        }
+        let voters = crate::cluster::controller_config(config)
+            .map(|c| c.voters.len())
+            .unwrap_or(1);
+        let wanted = config.offsets_topic_replication_factor();
+        let replication_factor = wanted.min(i16::try_from(voters).unwrap_or(i16::MAX)).max(1);
+        let eligible = self.replicas.eligible_broker_count();
+        if eligible < usize::try_from(replication_factor).unwrap_or(usize::MAX) {
+            tracing::info!(
+                replication_factor,
+                eligible,
+                "waiting for enough brokers to create __consumer_offsets"
+            );
+            return Ok(());
+        }
+        let segment_bytes = config.offsets_topic_segment_bytes().to_string();
+        let created = self.replicas.create_topic_blocking(
+            &NewTopic {
+                name: OFFSETS_TOPIC,
+                partitions: config.offsets_topic_num_partitions(),
+                replication_factor,
+                configs: vec![
+                    ("segment.bytes", segment_bytes.as_str()),
+                    ("cleanup.policy", "compact"),
+                ],
+            },
+            false,
+        );
+        // In a cluster another broker may have created it first.
+        match created {
+            Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
+            Err(error) => return Err(error),
+        }
+        if let Some(topic) = self.replicas.topic(OFFSETS_TOPIC) {
+            self.partitions
+                .store(topic.record.partitions, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// NOT_COORDINATOR unless this broker leads the group's offsets partition,
+    /// COORDINATOR_LOAD_IN_PROGRESS until its groups are loaded under the current epoch.
+    pub fn check_coordinator(&self, group_id: &str) -> Result<(), i16> {
+        let index = store::partition_for(group_id, self.partitions());
+        let partition = self
+            .replicas
+            .partition(OFFSETS_TOPIC, index)
+            .filter(|partition| partition.is_leader())
+            .ok_or(ResponseError::NotCoordinator.code())?;
+        if self.loaded.lock().get(&index) != Some(&partition.leader_epoch()) {
+            return Err(ResponseError::CoordinatorLoadInProgress.code());
+        }
+        Ok(())
+    }
+
+    /// Loads the groups of offsets partitions this broker now leads and unloads those of
+    /// partitions it no longer leads.
+    fn follow_leadership(&self) -> Result<(), TopicError> {
+        for index in 0..self.partitions() {
+            let leading = self
+                .replicas
+                .partition(OFFSETS_TOPIC, index)
+                .filter(|partition| partition.is_leader());
+            let loaded_epoch = self.loaded.lock().get(&index).copied();
+            match leading {
+                Some(partition) if loaded_epoch != Some(partition.leader_epoch()) => {
+                    let epoch = partition.leader_epoch();
+                    self.load_partition(&partition)?;
+                    self.loaded.lock().insert(index, epoch);
                 }
-                if slice.next_offset <= offset {
-                    break;
+                Some(_) => {}
+                None if loaded_epoch.is_some() => {
+                    self.loaded.lock().remove(&index);
+                    let mut groups = self.groups.lock();
+                    let before = groups.len();
+                    groups.retain(|id, _| store::partition_for(id, self.partitions()) != index);
+                    tracing::info!(partition = index, groups = before - groups.len(), "no longer the coordinator of an offsets partition; its groups are unloaded");
                 }
-                offset = slice.next_offset;
+                None => {}
             }
         }
+        Ok(())
+    }
+
+    fn offsets_partition(&self, group: &str) -> Option<Arc<Partition>> {
+        self.replicas.partition(
+            OFFSETS_TOPIC,
+            store::partition_for(group, self.partitions()),
+        )
+    }
+
+    /// Replays one partition of the offsets topic, from its log start to its log end (the
+    /// leader's log is the truth), replacing what was loaded of its groups.
+    fn load_partition(&self, partition: &Partition) -> Result<(), TopicError> {
+        let index = partition.index;
+        let mut groups = self.groups.lock();
+        groups.retain(|id, _| store::partition_for(id, self.partitions()) != index);
+        let before = groups.len();
+        let mut records = 0usize;
+        let mut offset = partition.log_start_offset();
+        while offset < partition.log_end_offset() {
+            let read = partition.read_for_replica(offset, 1 << 20)?;
+            let Some(slice) = read.slice else { break };
+            let mut bytes = Bytes::from(slice.read_to_vec().map_err(sluice_log::LogError::Io)?);
+            let sets = match RecordBatchDecoder::decode_all(&mut bytes) {
+                Ok(sets) => sets,
+                Err(error) => {
+                    tracing::error!(partition = index, offset, %error, "undecodable batch in __consumer_offsets; skipping the rest of the partition");
+                    break;
+                }
+            };
+            for set in sets {
+                for record in set.records {
+                    let Some(key) = record.key.as_deref() else {
+                        continue;
+                    };
+                    match store::decode(key, record.value.as_deref()) {
+                        Some(decoded) => {
+                            records += 1;
+                            apply(&mut groups, decoded);
+                        }
+                        None => tracing::warn!(
+                            partition = index,
+                            offset = record.offset,
+                            "unreadable record in __consumer_offsets; ignored"
+                        ),
+                    }
+                }
+            }
+            if slice.next_offset <= offset {
+                break;
+            }
+            offset = slice.next_offset;
+        }
         tracing::info!(
-            groups = groups.len(),
+            partition = index,
+            leader_epoch = partition.leader_epoch(),
+            groups = groups.len() - before,
             records,
-            "loaded consumer groups from __consumer_offsets"
+            "loaded consumer groups: this broker coordinates them"
         );
         Ok(())
     }
@@ -216,6 +306,7 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId.code());
         }
+        self.check_coordinator(group_id)?;
         let now = now_ms();
         let mut groups = self.groups.lock();
         if !groups.contains_key(group_id) {
@@ -406,6 +497,9 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return all(ResponseError::InvalidGroupId.code());
         }
+        if let Err(code) = self.check_coordinator(group_id) {
+            return all(code);
+        }
         // Kafka: a commit for an unknown group with a generation is from a stale member.
         if generation >= 0 && !self.groups.lock().contains_key(group_id) {
             return all(ResponseError::IllegalGeneration.code());
@@ -575,6 +669,9 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return ResponseError::InvalidGroupId.code();
         }
+        if let Err(code) = self.check_coordinator(group_id) {
+            return code;
+        }
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return ResponseError::GroupIdNotFound.code();
@@ -606,6 +703,7 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId.code());
         }
+        self.check_coordinator(group_id)?;
         let mut groups = self.groups.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return Err(ResponseError::GroupIdNotFound.code());
@@ -646,6 +744,17 @@ impl GroupCoordinator {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(TICK_MS)) => {}
                 _ = crate::server::stopped(&mut shutdown) => return,
+            }
+            if self.replicas.topic(OFFSETS_TOPIC).is_none() {
+                let config = self.replicas.config();
+                if let Err(error) =
+                    tokio::task::block_in_place(|| self.ensure_offsets_topic(&config))
+                {
+                    tracing::warn!(%error, "cannot create __consumer_offsets yet");
+                }
+            }
+            if let Err(error) = self.follow_leadership() {
+                tracing::error!(%error, "cannot load consumer groups of an offsets partition this broker leads");
             }
             let now = now_ms();
             {

@@ -134,31 +134,9 @@ impl Log {
         // The new segment (if any) starts at the batch, not at the log end: after a forward
         // gap the batch's offsets may not fit the old segment's relative offsets at all.
         self.maybe_roll(batch.len(), last_offset, header.base_offset, now_ms)?;
-        let base_offset = header.base_offset;
-        if self
-            .leader_epochs
-            .assign(header.partition_leader_epoch, base_offset)
-        {
-            // Durable before the batch is, as in `append_batch`.
-            if let Err(error) = self.leader_epochs.persist() {
-                self.leader_epochs.truncate_from_end(base_offset);
-                return Err(error);
-            }
-        }
-        let index_interval_bytes = self.config.index_interval_bytes;
-        let segment = self.active_segment()?;
-        if let Err(error) = segment.append(batch, &header, index_interval_bytes, now_ms) {
-            if let Err(reason) = segment.ensure_committed_length() {
-                let reason = format!("a failed write ({error}) could not be cut back: {reason}");
-                tracing::error!(dir = %self.dir.display(), %reason, "log marked failed");
-                self.mark_failed(reason);
-            }
-            return Err(error);
-        }
-        debug_assert_eq!(self.log_end_offset(), last_offset + 1);
-        if header.producer_id >= 0 {
-            self.producer_state.update(&header);
-        }
+        self.write_placed_batch(&header, last_offset, |segment, index_interval_bytes| {
+            segment.append(batch, &header, index_interval_bytes, now_ms)
+        })?;
         Ok(header)
     }
 
