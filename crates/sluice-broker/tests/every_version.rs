@@ -188,6 +188,39 @@ async fn topic_admin_every_version() {
         assert_eq!(response.topics[0].error_code, code);
         assert!(response.topics[0].error_message.is_some());
     }
+    // Manual assignments: distinct replicas, as many for every partition
+    // (INVALID_REPLICA_ASSIGNMENT = 39); a broker that is not registered is refused too.
+    let manual = |topic: &str, replicas: &[&[i32]]| {
+        let assignments = replicas
+            .iter()
+            .enumerate()
+            .map(|(index, ids)| {
+                create_topics_request::CreatableReplicaAssignment::default()
+                    .with_partition_index(i32::try_from(index).unwrap())
+                    .with_broker_ids(ids.iter().map(|id| BrokerId(*id)).collect())
+            })
+            .collect();
+        CreateTopicsRequest::default().with_topics(vec![
+            create_topics_request::CreatableTopic::default()
+                .with_name(name(topic))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1)
+                .with_assignments(assignments),
+        ])
+    };
+    for (request, code) in [
+        (manual("manual-ok", &[&[1], &[1]]), 0),
+        (manual("manual-duplicate", &[&[1, 1]]), 39),
+        (manual("manual-uneven", &[&[1], &[]]), 39),
+        (manual("manual-unknown-broker", &[&[7]]), 39),
+    ] {
+        let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request).await;
+        assert_eq!(
+            response.topics[0].error_code, code,
+            "{:?}",
+            response.topics[0].error_message
+        );
+    }
     for version in versions(ApiKey::CreatePartitions) {
         let topic = format!("created-{}", 2 + version);
         let request = CreatePartitionsRequest::default()

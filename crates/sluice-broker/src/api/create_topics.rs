@@ -40,8 +40,11 @@ pub async fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Resul
         let outcome = if !topic.assignments.is_empty() {
             validate_assignments(topic).map(|manual| {
                 let partitions = i32::try_from(manual.len()).unwrap_or(i32::MAX);
+                let replication_factor = manual.first().map_or(1, |replicas| {
+                    i16::try_from(replicas.len()).unwrap_or(i16::MAX)
+                });
                 assignments = manual;
-                (partitions, 1)
+                (partitions, replication_factor)
             })
         } else {
             Ok((
@@ -109,8 +112,9 @@ pub async fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Resul
     ctx.respond(&response)
 }
 
-/// Manual replica assignments must name partitions 0..n in order, one replica each (the
-/// controller checks that the brokers are registered). Returns the replicas per partition.
+/// Manual replica assignments must name partitions 0..n in order, each with the same number
+/// of distinct replicas, as Kafka (INVALID_REPLICA_ASSIGNMENT otherwise; the controller checks
+/// that the brokers are registered). Returns the replicas per partition.
 fn validate_assignments(
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
 ) -> Result<Vec<Vec<i32>>, TopicError> {
@@ -126,12 +130,20 @@ fn validate_assignments(
                 "partitions of a manual assignment must be numbered 0..n".to_string(),
             ));
         }
-        if assignment.broker_ids.len() != 1 {
-            return Err(TopicError::InvalidReplicationFactor(
-                "partitions have 1 replica (replication is not implemented yet)".to_string(),
-            ));
+        let ids: Vec<i32> = assignment.broker_ids.iter().map(|id| id.0).collect();
+        let distinct: std::collections::BTreeSet<i32> = ids.iter().copied().collect();
+        let same_count = replicas
+            .first()
+            .is_none_or(|first: &Vec<i32>| first.len() == ids.len());
+        if ids.is_empty() || distinct.len() != ids.len() || !same_count {
+            return Err(TopicError::Controller {
+                code: ResponseError::InvalidReplicaAssignment.code(),
+                message: format!(
+                    "partition {expected}: replicas {ids:?} must be distinct, non-empty and as many as every other partition's"
+                ),
+            });
         }
-        replicas.push(assignment.broker_ids.iter().map(|id| id.0).collect());
+        replicas.push(ids);
     }
     if i32::try_from(replicas.len()).is_err() {
         return Err(TopicError::InvalidPartitions(
