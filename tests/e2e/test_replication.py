@@ -316,14 +316,15 @@ def test_acks_all_fails_with_not_enough_replicas_when_two_of_three_replicas_are_
         make_broker):
     from confluent_kafka import KafkaError
 
-    # Five voters, the topic on three of them: killing two replicas leaves a quorum of three
-    # that fences them, so the partition's ISR really shrinks to the leader alone.
+    # Five voters, the topic assigned to brokers 1-3: killing two replicas leaves a quorum of
+    # three that fences them, so the partition's ISR really shrinks to the leader alone.
     brokers = start_cluster(make_broker, size=5, settings=REPLICATION_SETTINGS)
     by_id = {b.node_id: b for b in brokers}
     topic = unique_topic("min-isr")
-    create_replicated_topic(bootstrap_of(brokers), topic, partitions=1, replication_factor=3,
+    create_replicated_topic(bootstrap_of(brokers), topic, replica_assignment=[[1, 2, 3]],
                             config=MIN_ISR_2)
     placement = wait_full_isr(brokers, topic, 1, 3)[0]
+    assert (placement["leader"], placement["replicas"]) == (1, [1, 2, 3]), placement
     leader_id = placement["leader"]
     followers = [r for r in placement["replicas"] if r != leader_id]
     leader = by_id[leader_id]
