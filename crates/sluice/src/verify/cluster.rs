@@ -19,6 +19,8 @@ use super::broker::{self, BrokerError, BrokerProcess};
 
 /// File in the run's directory that records a cluster's layout.
 pub const LAYOUT_FILE: &str = "cluster.json";
+/// The group offsets topic, whose replicas must be in sync too before a round ends.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Pause between polls while waiting for the cluster to settle.
 const SETTLE_POLL_MS: u64 = 250;
 
@@ -293,13 +295,50 @@ impl Cluster {
     }
 
     /// Starts every node, then waits for each: a new cluster elects its controller only
-    /// once a quorum runs.
+    /// once a quorum runs. In a cluster it then waits until every node's Metadata lists
+    /// every node, so that topics created next (the offsets topic on the first group
+    /// request too) get all their replicas rather than being capped at the brokers
+    /// registered so far.
     pub async fn start_all(&mut self, timeout: Duration) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + timeout;
         for node in &mut self.nodes {
             node.spawn()?;
         }
         for node in &mut self.nodes {
             node.wait_ready(timeout).await?;
+        }
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        let mut wanted = self.node_ids();
+        wanted.sort_unstable();
+        for node in &self.nodes {
+            loop {
+                let listed = match broker::probe(node.address()).await {
+                    Ok(mut listed) => {
+                        listed.sort_unstable();
+                        listed
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "probing {}", node.address());
+                        Vec::new()
+                    }
+                };
+                if listed == wanted {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(BrokerError::NotReady {
+                        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                        last: format!(
+                            "{} lists brokers {listed:?}, not {wanted:?}",
+                            node.address()
+                        ),
+                        log: "the broker-N.log files".to_string(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(SETTLE_POLL_MS)).await;
+            }
         }
         Ok(())
     }
@@ -365,8 +404,9 @@ impl Cluster {
             .unwrap_or_default())
     }
 
-    /// Waits until every partition of `topic` has a leader and a full ISR; returns the
-    /// last leadership seen and whether the ISR was full before `timeout`.
+    /// Waits until every partition of `topic` and of the offsets topic (once it exists)
+    /// has a leader and a full ISR; returns the last leadership of `topic` seen and
+    /// whether both were in sync before `timeout`.
     pub async fn wait_in_sync(
         &self,
         topic: &str,
@@ -380,7 +420,15 @@ impl Cluster {
                 Ok(partitions) => {
                     last = Some(leadership(&partitions));
                     if fully_in_sync(&partitions) {
-                        return (last, true);
+                        match self.describe(OFFSETS_TOPIC, request_timeout_ms).await {
+                            Ok(offsets) if offsets.is_empty() || fully_in_sync(&offsets) => {
+                                return (last, true)
+                            }
+                            Ok(_) => {}
+                            // Not created yet (no group request so far).
+                            Err(error) if error.is_not_found() => return (last, true),
+                            Err(error) => tracing::debug!(%error, "describing {OFFSETS_TOPIC}"),
+                        }
                     }
                 }
                 Err(error) => tracing::debug!(%error, "describing {topic}; retrying"),

@@ -236,6 +236,9 @@ struct Faults {
     leader_changes: u32,
     /// Rounds after which the cluster did not get back to full ISRs in time.
     unsettled_rounds: u32,
+    /// Fewest replicas of a `__consumer_offsets` partition (clusters; the broker caps
+    /// them at the brokers registered when the topic was created).
+    offsets_topic_replicas: Option<usize>,
 }
 
 /// The cluster's shape as the summary reports it.
@@ -519,7 +522,11 @@ async fn execute(
     drop(admin);
     let mut faults = Faults::default();
     let mut leadership = None;
-    if cluster.is_cluster() {
+    if let Some(layout) = layout {
+        // Have the offsets topic created now, with every broker registered, and see how
+        // many replicas it got.
+        faults.offsets_topic_replicas =
+            create_offsets_topic(cluster, &topic, layout.replication_factor).await;
         settle(
             args,
             cluster,
@@ -681,6 +688,41 @@ async fn execute(
         eprintln!("verify: history written to {}", path.display());
     }
     Ok((report, faults, info))
+}
+
+/// Asks for the group's coordinator until one answers (the broker creates
+/// `__consumer_offsets` on the first such request), then returns the fewest replicas
+/// of its partitions; `None` when that could not be found out.
+async fn create_offsets_topic(cluster: &Cluster, group: &str, wanted: i16) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_millis(OBSERVE_TIMEOUT_MS);
+    loop {
+        let attempt = async {
+            let mut admin = cluster.admin(CLIENT_REQUEST_TIMEOUT_MS).await?;
+            admin.coordinator(group).await?;
+            cluster
+                .describe(cluster::OFFSETS_TOPIC, CLIENT_REQUEST_TIMEOUT_MS)
+                .await
+        };
+        match attempt.await {
+            Ok(partitions) if !partitions.is_empty() => {
+                let fewest = partitions.iter().map(|p| p.replicas.len()).min();
+                if fewest.is_some_and(|f| (f as i64) < i64::from(wanted)) {
+                    eprintln!(
+                        "verify: __consumer_offsets got only {fewest:?} replica(s) per \
+                         partition, not {wanted}"
+                    );
+                }
+                return fewest;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "finding the group's coordinator"),
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("cannot have __consumer_offsets created");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// After a cluster restart the leaders' high watermarks advance once the followers fetch
@@ -1131,6 +1173,9 @@ fn print_summary(
             "unsettled rounds".to_string(),
             u64::from(faults.unsettled_rounds),
         ));
+        if let Some(replicas) = faults.offsets_topic_replicas {
+            extra.push(("offsets topic replicas".to_string(), replicas as u64));
+        }
         rows.splice(4..4, extra);
     }
     let shown: Vec<String> = report
@@ -1159,6 +1204,7 @@ fn print_summary(
                 .map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>(),
             "leader_changes": faults.leader_changes,
             "unsettled_rounds": faults.unsettled_rounds,
+            "offsets_topic_replicas": faults.offsets_topic_replicas,
             "rounds": faults.rounds,
             "sigkills": faults.kills,
             "sigstops": faults.stops,
