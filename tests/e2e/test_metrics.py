@@ -165,6 +165,10 @@ def test_counters_lag_and_requests_match_the_traffic(make_broker):
         labels = (("partition", str(partition)), ("topic", topic))
         assert after_produce[("sluice_log_end_offset", labels)] == n
         assert after_produce[("sluice_log_start_offset", labels)] == 0
+        # A single node is its partitions' whole ISR: everything appended is replicated.
+        assert after_produce[("sluice_high_watermark", labels)] == n
+        assert after_produce[("sluice_partition_isr_size", labels)] == 1
+    assert after_produce[("sluice_under_replicated_partitions", ())] == 0
     assert after_produce[("sluice_fsync_duration_seconds_count", ())] >= 1
 
     confluent_consume_all(broker.bootstrap, topic, [0, 1], 200)

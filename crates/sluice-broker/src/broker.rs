@@ -134,6 +134,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let heartbeats = tokio::spawn(Arc::clone(&replicas).run_heartbeats(shutdown_rx.clone()));
     let isr_maintenance =
         tokio::spawn(Arc::clone(&replicas).run_isr_maintenance(shutdown_rx.clone()));
+    let leader_rebalance =
+        tokio::spawn(Arc::clone(&replicas).run_leader_rebalance(shutdown_rx.clone()));
     let node_id = replicas.config().node_id();
     let task = tokio::spawn(async move {
         server::run_listener(listener, broker, shutdown_rx).await;
@@ -144,6 +146,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         let _ = producer_expiration.await;
         let _ = heartbeats.await;
         let _ = isr_maintenance.await;
+        let _ = leader_rebalance.await;
         replicas.controlled_shutdown().await;
         if let Some(metrics_http) = metrics_http {
             let _ = metrics_http.await;

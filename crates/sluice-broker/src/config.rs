@@ -116,6 +116,20 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "Interval between a broker's heartbeats to the controller.",
     },
     SettingDef {
+        name: "auto.leader.rebalance.enable",
+        aliases: &[],
+        default: "true",
+        kind: SettingKind::Bool,
+        doc: "The active controller's broker moves leadership back to in-sync preferred replicas every leader.imbalance.check.interval.seconds.",
+    },
+    SettingDef {
+        name: "leader.imbalance.check.interval.seconds",
+        aliases: &[],
+        default: "300",
+        kind: SettingKind::Int { min: 1, max: I32_MAX },
+        doc: "How often preferred leaders are checked (auto.leader.rebalance.enable).",
+    },
+    SettingDef {
         name: "replica.lag.time.max.ms",
         aliases: &[],
         default: "30000",
@@ -1061,6 +1075,14 @@ impl BrokerConfig {
 
     pub fn offsets_topic_replication_factor(&self) -> i16 {
         i16::try_from(self.int("offsets.topic.replication.factor")).unwrap_or(3)
+    }
+
+    pub fn auto_leader_rebalance_enable(&self) -> bool {
+        self.value("auto.leader.rebalance.enable") == Some("true")
+    }
+
+    pub fn leader_imbalance_check_interval_seconds(&self) -> u64 {
+        u64::try_from(self.int("leader.imbalance.check.interval.seconds")).unwrap_or(300)
     }
 
     pub fn replica_lag_time_max_ms(&self) -> i64 {

@@ -25,6 +25,7 @@ use sluice_log::ReadSlice;
 
 use crate::api::SUPPORTED_APIS;
 use crate::broker::Broker;
+use crate::partition::Partition;
 use crate::server::Dispatched;
 
 /// Content type of the Prometheus text exposition format this module writes.
@@ -574,8 +575,7 @@ fn render_offsets(out: &mut String, broker: &Broker) {
             rows.push((
                 topic.record.name.clone(),
                 partition.index.to_string(),
-                partition.log_start_offset(),
-                partition.log_end_offset(),
+                Arc::clone(partition),
             ));
         }
     }
@@ -585,9 +585,14 @@ fn render_offsets(out: &mut String, broker: &Broker) {
         "gauge",
         "First offset of the partition's log (moved by retention and DeleteRecords).",
     );
-    for (topic, partition, start, _) in &rows {
-        let pairs = [("topic", topic.as_str()), ("partition", partition.as_str())];
-        sample(out, "sluice_log_start_offset", &pairs, *start as f64);
+    for (topic, index, partition) in &rows {
+        let pairs = [("topic", topic.as_str()), ("partition", index.as_str())];
+        sample(
+            out,
+            "sluice_log_start_offset",
+            &pairs,
+            partition.log_start_offset() as f64,
+        );
     }
     family(
         out,
@@ -595,10 +600,63 @@ fn render_offsets(out: &mut String, broker: &Broker) {
         "gauge",
         "Offset the next record appended to the partition will get.",
     );
-    for (topic, partition, _, end) in &rows {
-        let pairs = [("topic", topic.as_str()), ("partition", partition.as_str())];
-        sample(out, "sluice_log_end_offset", &pairs, *end as f64);
+    for (topic, index, partition) in &rows {
+        let pairs = [("topic", topic.as_str()), ("partition", index.as_str())];
+        sample(
+            out,
+            "sluice_log_end_offset",
+            &pairs,
+            partition.log_end_offset() as f64,
+        );
     }
+    render_replication(out, &rows);
+}
+
+/// High watermark and ISR size per partition, and the partitions this broker leads with
+/// fewer in-sync replicas than replicas (Kafka's UnderReplicatedPartitions).
+fn render_replication(out: &mut String, rows: &[(String, String, Arc<Partition>)]) {
+    family(
+        out,
+        "sluice_high_watermark",
+        "gauge",
+        "Offset below which records are replicated to the ISR and visible to consumers.",
+    );
+    for (topic, index, partition) in rows {
+        let pairs = [("topic", topic.as_str()), ("partition", index.as_str())];
+        sample(
+            out,
+            "sluice_high_watermark",
+            &pairs,
+            partition.high_watermark() as f64,
+        );
+    }
+    family(
+        out,
+        "sluice_partition_isr_size",
+        "gauge",
+        "In-sync replicas of the partition, as the controller's image has them.",
+    );
+    let mut under_replicated = 0usize;
+    for (topic, index, partition) in rows {
+        let (replicas, isr) = partition.replica_counts();
+        if partition.is_leader() && isr < replicas {
+            under_replicated += 1;
+        }
+        let pairs = [("topic", topic.as_str()), ("partition", index.as_str())];
+        sample(out, "sluice_partition_isr_size", &pairs, isr as f64);
+    }
+    family(
+        out,
+        "sluice_under_replicated_partitions",
+        "gauge",
+        "Partitions this broker leads whose ISR is smaller than their replica set.",
+    );
+    sample(
+        out,
+        "sluice_under_replicated_partitions",
+        &[],
+        under_replicated as f64,
+    );
 }
 
 fn render_lag(out: &mut String, broker: &Broker) {
@@ -617,7 +675,7 @@ fn render_lag(out: &mut String, broker: &Broker) {
                 let (Some(committed), Some(partition)) = (committed, state.partition(index)) else {
                     continue;
                 };
-                let lag = (partition.log_end_offset() - committed.offset).max(0);
+                let lag = (partition.high_watermark() - committed.offset).max(0);
                 let index = index.to_string();
                 let pairs = [
                     ("group", group.as_str()),

@@ -195,11 +195,13 @@ impl Partition {
                 tracing::error!(topic = %self.topic, partition = self.index, %error, "cannot record the start of the leader epoch");
             }
         }
-        drop(log);
+        // Changed under the log lock: a follower write checks them under it too (see
+        // `check_follower`), so a fetch answered before a leader change cannot land after.
         self.leader_epoch
             .store(registration.leader_epoch, Ordering::SeqCst);
         self.is_leader
             .store(replication.is_leader(), Ordering::SeqCst);
+        drop(log);
         let changed = (replication.isr().to_vec(), replication.leader_epoch()) != before;
         drop(replication);
         if transition != Transition::Unchanged || changed {
@@ -213,6 +215,12 @@ impl Partition {
     /// The ISR as the image has it.
     pub fn isr(&self) -> Vec<i32> {
         self.replication.lock().isr().to_vec()
+    }
+
+    /// (replicas, ISR members) as the image has them, for the metrics.
+    pub fn replica_counts(&self) -> (usize, usize) {
+        let replication = self.replication.lock();
+        (replication.replicas().len(), replication.isr().len())
     }
 
     /// Publishes the high watermark the ISR allows (leader only; it never goes back).
@@ -394,10 +402,13 @@ impl Partition {
 
     /// A follower stores what it fetched from the leader as it is (offsets, epochs, bytes)
     /// and takes the leader's high watermark, capped at its own log end.
+    /// `leader_epoch` is the epoch the fetch was made under: when this broker has since
+    /// become leader, or follows a newer epoch, nothing is written (the answer is stale).
     pub fn append_as_follower(
         &self,
         records: &[u8],
         leader_high_watermark: i64,
+        leader_epoch: i32,
         now_ms: i64,
     ) -> Result<FollowerAppend, LogError> {
         let (flush_messages, flush_bytes) = {
@@ -406,6 +417,7 @@ impl Partition {
         };
         let (appended, end) = {
             let mut log = self.log.lock();
+            self.check_follower(leader_epoch)?;
             let appended = log.append_as_follower(records, now_ms);
             (appended, log.log_end_offset())
         };
@@ -427,20 +439,37 @@ impl Partition {
     /// Cuts the log back so nothing at or after `offset` remains (a follower whose log
     /// diverges from its leader's); returns the new log end. Offsets below the cut are no
     /// longer known synced or visible beyond it.
-    pub fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
+    /// Refused, as [`Partition::append_as_follower`], when no longer a follower of
+    /// `leader_epoch`.
+    pub fn truncate_to(&self, offset: i64, leader_epoch: i32) -> Result<i64, LogError> {
         let mut log = self.log.lock();
+        self.check_follower(leader_epoch)?;
         let result = log.truncate_to(offset);
         self.after_cut(&log);
         result
     }
 
     /// Empties the log to start at `offset` (a follower entirely behind the leader's log
-    /// start).
-    pub fn reset_to(&self, offset: i64) -> Result<(), LogError> {
+    /// start); refused when no longer a follower of `leader_epoch`.
+    pub fn reset_to(&self, offset: i64, leader_epoch: i32) -> Result<(), LogError> {
         let mut log = self.log.lock();
+        self.check_follower(leader_epoch)?;
         let result = log.reset_to(offset);
         self.after_cut(&log);
         result
+    }
+
+    /// A follower write must come from a fetch made under the current leader epoch, while
+    /// this broker follows. Called with the log lock held (role and epoch change under it).
+    fn check_follower(&self, leader_epoch: i32) -> Result<(), LogError> {
+        if self.is_leader() || self.leader_epoch() != leader_epoch {
+            return Err(LogError::InvalidBatch(format!(
+                "stale fetch answer of leader epoch {leader_epoch}: this broker now {} epoch {}",
+                if self.is_leader() { "leads" } else { "follows" },
+                self.leader_epoch()
+            )));
+        }
+        Ok(())
     }
 
     fn after_cut(&self, log: &Log) {
@@ -917,7 +946,10 @@ mod tests {
         let follower = Partition::new(Arc::from("t"), 0, 2, log, settings, dir_sync);
         follower.apply_registration(&registration(1, 0, 0, &[1, 2]), 10_000, 0);
         assert!(!follower.is_leader());
-        let appended = follower.append_as_follower(&bytes, 2, 1).unwrap();
+        // An answer fetched under another leader epoch is not written.
+        assert!(follower.append_as_follower(&bytes, 2, 7, 1).is_err());
+        assert_eq!(follower.log_end_offset(), 0);
+        let appended = follower.append_as_follower(&bytes, 2, 0, 1).unwrap();
         assert_eq!((appended.first_offset, appended.last_offset), (0, 2));
         assert_eq!(follower.log_end_offset(), 3);
         assert_eq!(
@@ -927,10 +959,16 @@ mod tests {
         );
         follower.sync_once().await.unwrap();
         assert_eq!(*follower.synced_offset.borrow(), 3);
-        assert_eq!(follower.truncate_to(1).unwrap(), 1);
+        assert!(follower.truncate_to(1, 7).is_err());
+        assert_eq!(follower.truncate_to(1, 0).unwrap(), 1);
         assert_eq!(follower.log_end_offset(), 1);
         assert_eq!(follower.high_watermark(), 1);
         assert_eq!(*follower.synced_offset.borrow(), 1);
+        // Once it leads, a late answer of the fetcher is refused.
+        follower.apply_registration(&registration(2, 1, 1, &[2]), 10_000, 2);
+        assert!(follower.append_as_follower(&bytes, 3, 1, 3).is_err());
+        assert!(follower.truncate_to(0, 1).is_err());
+        assert_eq!(follower.log_end_offset(), 1);
     }
 
     #[test]

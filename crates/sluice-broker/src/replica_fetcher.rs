@@ -325,7 +325,7 @@ fn apply_response(
                 continue;
             };
             let partition = &followed.partition;
-            match apply_partition(partition, &data, now_ms) {
+            match apply_partition(partition, followed.leader_epoch, &data, now_ms) {
                 Ok(()) => {}
                 Err(reason) => {
                     tracing::warn!(leader, topic = %partition.topic, partition = partition.index, %reason, "follower fetch paused");
@@ -338,13 +338,21 @@ fn apply_response(
 }
 
 /// One partition's part of a fetch response.
+/// `leader_epoch`: the epoch the fetch was made under; the partition refuses writes of an
+/// answer that arrives after it changed (this broker took over, or follows a newer epoch).
 fn apply_partition(
     partition: &Partition,
+    leader_epoch: i32,
     data: &kafka_protocol::messages::fetch_response::PartitionData,
     now_ms: i64,
 ) -> Result<(), String> {
     if data.error_code == ResponseError::OffsetOutOfRange.code() {
-        return repair_out_of_range(partition, data.log_start_offset, data.high_watermark);
+        return repair_out_of_range(
+            partition,
+            leader_epoch,
+            data.log_start_offset,
+            data.high_watermark,
+        );
     }
     if data.error_code != 0 {
         return Err(format!("leader answered error code {}", data.error_code));
@@ -360,13 +368,13 @@ fn apply_partition(
         );
         tracing::info!(topic = %partition.topic, partition = partition.index, epoch = data.diverging_epoch.epoch, leader_end_offset = data.diverging_epoch.end_offset, truncate_to = target, "log diverges from the leader's; truncating");
         partition
-            .truncate_to(target)
+            .truncate_to(target, leader_epoch)
             .map_err(|error| format!("truncation failed: {error}"))?;
         return Ok(());
     }
     let records: &[u8] = data.records.as_deref().unwrap_or(&[]);
     partition
-        .append_as_follower(records, data.high_watermark, now_ms)
+        .append_as_follower(records, data.high_watermark, leader_epoch, now_ms)
         .map_err(|error| format!("append failed: {error}"))?;
     // DeleteRecords and retention on the leader move the log start; follow it (below
     // the high watermark only).
@@ -386,6 +394,7 @@ fn apply_partition(
 /// leader has).
 fn repair_out_of_range(
     partition: &Partition,
+    leader_epoch: i32,
     leader_log_start_offset: i64,
     leader_high_watermark: i64,
 ) -> Result<(), String> {
@@ -393,13 +402,13 @@ fn repair_out_of_range(
     if leader_log_start_offset >= 0 && log_end < leader_log_start_offset {
         tracing::warn!(topic = %partition.topic, partition = partition.index, log_end, leader_log_start_offset, "follower is behind the leader's log start; starting over there");
         return partition
-            .reset_to(leader_log_start_offset)
+            .reset_to(leader_log_start_offset, leader_epoch)
             .map_err(|error| format!("reset failed: {error}"));
     }
     if leader_high_watermark >= 0 && leader_high_watermark < log_end {
         tracing::warn!(topic = %partition.topic, partition = partition.index, log_end, leader_high_watermark, "follower is past the leader's log end; truncating to its high watermark");
         return partition
-            .truncate_to(leader_high_watermark)
+            .truncate_to(leader_high_watermark, leader_epoch)
             .map(|_| ())
             .map_err(|error| format!("truncation failed: {error}"));
     }

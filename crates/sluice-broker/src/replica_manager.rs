@@ -714,6 +714,71 @@ impl ReplicaManager {
         });
     }
 
+    /// Moves leadership of `partitions` to their preferred replicas (ElectLeaders); the
+    /// controller skips any that became ineligible meanwhile. Returns once this broker's
+    /// image has the result.
+    pub async fn elect_preferred_leaders(
+        &self,
+        partitions: Vec<(Uuid, i32)>,
+    ) -> Result<(), TopicError> {
+        let before = self.image();
+        let epochs: Vec<(Uuid, i32, i32)> = partitions
+            .iter()
+            .filter_map(|(id, p)| before.partition(id, *p).map(|s| (*id, *p, s.leader_epoch)))
+            .collect();
+        self.controller
+            .propose(ControllerRequest::ElectPreferredLeaders { partitions })
+            .await?;
+        self.catch_up(|image| {
+            epochs.iter().all(|(id, p, epoch)| {
+                image.partition(id, *p).is_none_or(|s| {
+                    s.leader_epoch > *epoch || s.replicas.first() == Some(&s.leader)
+                })
+            })
+        })
+        .await
+    }
+
+    /// `auto.leader.rebalance.enable`: every `leader.imbalance.check.interval.seconds`, the
+    /// active controller's broker moves leadership back to preferred replicas that are in
+    /// sync (after a broker restart its partitions are led elsewhere until then).
+    pub async fn run_leader_rebalance(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let config = self.config();
+            let interval = Duration::from_secs(config.leader_imbalance_check_interval_seconds());
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = crate::server::stopped(&mut shutdown) => return,
+            }
+            if !config.auto_leader_rebalance_enable()
+                || self.controller.leader_id() != u64::try_from(config.node_id()).ok()
+            {
+                continue;
+            }
+            let image = self.image();
+            let electable: Vec<(Uuid, i32)> = image.partitions_matching(|state| {
+                state.replicas.first().is_some_and(|preferred| {
+                    *preferred != state.leader
+                        && state.isr.contains(preferred)
+                        && image.is_broker_eligible(*preferred)
+                })
+            });
+            if electable.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                partitions = electable.len(),
+                "moving leadership back to preferred replicas"
+            );
+            if let Err(error) = self.elect_preferred_leaders(electable).await {
+                tracing::warn!(%error, "preferred leader election failed");
+            }
+        }
+    }
+
     /// Every `replica.lag.time.max.ms / 2`, drops followers that lag from the ISR of the
     /// partitions this broker leads (Kafka's `isr-expiration` task).
     pub async fn run_isr_maintenance(

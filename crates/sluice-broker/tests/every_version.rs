@@ -663,3 +663,52 @@ async fn init_producer_id_every_version_and_idempotent_produce() {
     assert_eq!((first, second, retry), (0, 2, 0));
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_leaders_every_version() {
+    let (broker, _dir) = start().await;
+    let mut client = Client::connect(broker.local_addr).await;
+    create_topic(&mut client, "elect", 2).await;
+    for version in versions(ApiKey::ElectLeaders) {
+        let partitions = |topic: &str| {
+            elect_leaders_request::TopicPartitions::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![0, 1])
+        };
+        let request = ElectLeadersRequest::default()
+            .with_topic_partitions(Some(vec![partitions("elect"), partitions("missing")]))
+            .with_timeout_ms(10_000);
+        let response: ElectLeadersResponse =
+            client.call(ApiKey::ElectLeaders, version, &request).await;
+        let codes: Vec<(String, i32, i16)> = response
+            .replica_election_results
+            .iter()
+            .flat_map(|t| {
+                t.partition_result
+                    .iter()
+                    .map(|p| (t.topic.to_string(), p.partition_id, p.error_code))
+            })
+            .collect();
+        // A single node already leads everything (ELECTION_NOT_NEEDED = 84).
+        assert_eq!(
+            codes,
+            vec![
+                ("elect".to_string(), 0, 84),
+                ("elect".to_string(), 1, 84),
+                ("missing".to_string(), 0, 3),
+                ("missing".to_string(), 1, 3),
+            ],
+            "v{version}"
+        );
+        if version >= 1 {
+            let unclean = request.clone().with_election_type(1);
+            let response: ElectLeadersResponse =
+                client.call(ApiKey::ElectLeaders, version, &unclean).await;
+            assert!(response
+                .replica_election_results
+                .iter()
+                .flat_map(|t| &t.partition_result)
+                .all(|p| p.error_code == 42));
+        }
+    }
+}

@@ -285,7 +285,8 @@ impl MetadataImage {
         self.partitions_matching(|p| p.leader == NO_LEADER)
     }
 
-    pub(crate) fn partitions_matching(
+    /// Partitions (topic id, partition) whose registration satisfies `predicate`.
+    pub fn partitions_matching(
         &self,
         predicate: impl Fn(&PartitionRegistration) -> bool,
     ) -> Vec<(Uuid, i32)> {

@@ -22,6 +22,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod elect_leaders;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -68,6 +69,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
@@ -232,6 +234,9 @@ pub async fn dispatch(
             &ctx,
             decode(&mut body, api_key, version)?,
         )?),
+        ApiKey::ElectLeaders => {
+            now(elect_leaders::handle(&ctx, decode(&mut body, api_key, version)?).await?)
+        }
         ApiKey::InitProducerId => {
             now(init_producer_id::handle(&ctx, decode(&mut body, api_key, version)?).await?)
         }

@@ -29,6 +29,7 @@ pub mod state;
 pub mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,7 +87,8 @@ pub struct GroupCoordinator {
     metadata_max_bytes: usize,
     retention_ms: i64,
     retention_check_ms: u64,
-    partitions: i32,
+    /// Partitions of `__consumer_offsets`.
+    partitions: AtomicI32,
     groups: Mutex<HashMap<String, Group>>,
     /// Offsets partitions whose groups are loaded, with the leader epoch they were
     /// loaded under (a new epoch, even of this broker again, reloads).
@@ -94,46 +96,21 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
-    /// Creates `__consumer_offsets` if missing and replays it.
+    /// Creates `__consumer_offsets` if missing (once enough brokers are up: see
+    /// [`GroupCoordinator::ensure_offsets_topic`]) and loads the groups of the offsets
+    /// partitions this broker leads.
     pub fn open(
         replicas: Arc<ReplicaManager>,
         config: &BrokerConfig,
     ) -> Result<Arc<GroupCoordinator>, TopicError> {
-        if replicas.topic(OFFSETS_TOPIC).is_none() {
-            let segment_bytes = config.offsets_topic_segment_bytes().to_string();
-            // Kafka refuses to create it with fewer brokers than asked; a single node must
-            // work with no configuration, so it is capped at the brokers there are.
-            let wanted = config.offsets_topic_replication_factor();
-            let brokers = i16::try_from(replicas.eligible_broker_count()).unwrap_or(i16::MAX);
-            let replication_factor = wanted.min(brokers).max(1);
-            if replication_factor < wanted && brokers > 1 {
-                tracing::warn!(wanted, replication_factor, "creating __consumer_offsets with fewer replicas than offsets.topic.replication.factor: not enough brokers yet");
-            }
-            let created = replicas.create_topic_blocking(
-                &NewTopic {
-                    name: OFFSETS_TOPIC,
-                    partitions: config.offsets_topic_num_partitions(),
-                    replication_factor,
-                    configs: vec![
-                        ("segment.bytes", segment_bytes.as_str()),
-                        ("cleanup.policy", "compact"),
-                    ],
-                },
-                false,
-            );
-            // In a cluster another broker may have created it first.
-            match created {
-                Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
-                Err(error) => return Err(error),
-            }
-        } else {
+        if replicas.topic(OFFSETS_TOPIC).is_some() {
             // A topic created by an older version was not compacted; Kafka's offsets topic is.
             replicas.ensure_topic_config(OFFSETS_TOPIC, "cleanup.policy", "compact")?;
         }
         let partitions = replicas
             .topic(OFFSETS_TOPIC)
             .map(|t| t.record.partitions)
-            .unwrap_or(1);
+            .unwrap_or(config.offsets_topic_num_partitions());
         let coordinator = GroupCoordinator {
             replicas,
             limits: GroupLimits {
@@ -146,18 +123,74 @@ impl GroupCoordinator {
             metadata_max_bytes: config.offset_metadata_max_bytes(),
             retention_ms: config.offsets_retention_ms(),
             retention_check_ms: config.offsets_retention_check_interval_ms(),
-            partitions,
+            partitions: AtomicI32::new(partitions),
             groups: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
         };
+        coordinator.ensure_offsets_topic(config)?;
         coordinator.follow_leadership()?;
         Ok(Arc::new(coordinator))
+    }
+
+    /// Partitions of `__consumer_offsets` (fixed once it exists).
+    fn partitions(&self) -> i32 {
+        self.partitions.load(Ordering::Relaxed)
+    }
+
+    /// Creates `__consumer_offsets` when it is missing and enough brokers can take its
+    /// replicas: `offsets.topic.replication.factor`, capped at the number of controller
+    /// voters (a single node needs no configuration). Until then FindCoordinator answers
+    /// COORDINATOR_NOT_AVAILABLE, as Kafka does; a cluster whose brokers start together
+    /// would otherwise create it with the one or two brokers that happened to be up first.
+    fn ensure_offsets_topic(&self, config: &BrokerConfig) -> Result<(), TopicError> {
+        if let Some(topic) = self.replicas.topic(OFFSETS_TOPIC) {
+            self.partitions
+                .store(topic.record.partitions, Ordering::Relaxed);
+            return Ok(());
+        }
+        let voters = crate::cluster::controller_config(config)
+            .map(|c| c.voters.len())
+            .unwrap_or(1);
+        let wanted = config.offsets_topic_replication_factor();
+        let replication_factor = wanted.min(i16::try_from(voters).unwrap_or(i16::MAX)).max(1);
+        let eligible = self.replicas.eligible_broker_count();
+        if eligible < usize::try_from(replication_factor).unwrap_or(usize::MAX) {
+            tracing::info!(
+                replication_factor,
+                eligible,
+                "waiting for enough brokers to create __consumer_offsets"
+            );
+            return Ok(());
+        }
+        let segment_bytes = config.offsets_topic_segment_bytes().to_string();
+        let created = self.replicas.create_topic_blocking(
+            &NewTopic {
+                name: OFFSETS_TOPIC,
+                partitions: config.offsets_topic_num_partitions(),
+                replication_factor,
+                configs: vec![
+                    ("segment.bytes", segment_bytes.as_str()),
+                    ("cleanup.policy", "compact"),
+                ],
+            },
+            false,
+        );
+        // In a cluster another broker may have created it first.
+        match created {
+            Ok(_) | Err(TopicError::AlreadyExists(_)) => {}
+            Err(error) => return Err(error),
+        }
+        if let Some(topic) = self.replicas.topic(OFFSETS_TOPIC) {
+            self.partitions
+                .store(topic.record.partitions, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// NOT_COORDINATOR unless this broker leads the group's offsets partition,
     /// COORDINATOR_LOAD_IN_PROGRESS until its groups are loaded under the current epoch.
     pub fn check_coordinator(&self, group_id: &str) -> Result<(), i16> {
-        let index = store::partition_for(group_id, self.partitions);
+        let index = store::partition_for(group_id, self.partitions());
         let partition = self
             .replicas
             .partition(OFFSETS_TOPIC, index)
@@ -172,7 +205,7 @@ impl GroupCoordinator {
     /// Loads the groups of offsets partitions this broker now leads and unloads those of
     /// partitions it no longer leads.
     fn follow_leadership(&self) -> Result<(), TopicError> {
-        for index in 0..self.partitions {
+        for index in 0..self.partitions() {
             let leading = self
                 .replicas
                 .partition(OFFSETS_TOPIC, index)
@@ -189,7 +222,7 @@ impl GroupCoordinator {
                     self.loaded.lock().remove(&index);
                     let mut groups = self.groups.lock();
                     let before = groups.len();
-                    groups.retain(|id, _| store::partition_for(id, self.partitions) != index);
+                    groups.retain(|id, _| store::partition_for(id, self.partitions()) != index);
                     tracing::info!(partition = index, groups = before - groups.len(), "no longer the coordinator of an offsets partition; its groups are unloaded");
                 }
                 None => {}
@@ -199,8 +232,10 @@ impl GroupCoordinator {
     }
 
     fn offsets_partition(&self, group: &str) -> Option<Arc<Partition>> {
-        self.replicas
-            .partition(OFFSETS_TOPIC, store::partition_for(group, self.partitions))
+        self.replicas.partition(
+            OFFSETS_TOPIC,
+            store::partition_for(group, self.partitions()),
+        )
     }
 
     /// Replays one partition of the offsets topic, from its log start to its log end (the
@@ -208,7 +243,7 @@ impl GroupCoordinator {
     fn load_partition(&self, partition: &Partition) -> Result<(), TopicError> {
         let index = partition.index;
         let mut groups = self.groups.lock();
-        groups.retain(|id, _| store::partition_for(id, self.partitions) != index);
+        groups.retain(|id, _| store::partition_for(id, self.partitions()) != index);
         let before = groups.len();
         let mut records = 0usize;
         let mut offset = partition.log_start_offset();
@@ -709,6 +744,14 @@ impl GroupCoordinator {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(TICK_MS)) => {}
                 _ = crate::server::stopped(&mut shutdown) => return,
+            }
+            if self.replicas.topic(OFFSETS_TOPIC).is_none() {
+                let config = self.replicas.config();
+                if let Err(error) =
+                    tokio::task::block_in_place(|| self.ensure_offsets_topic(&config))
+                {
+                    tracing::warn!(%error, "cannot create __consumer_offsets yet");
+                }
             }
             if let Err(error) = self.follow_leadership() {
                 tracing::error!(%error, "cannot load consumer groups of an offsets partition this broker leads");
