@@ -25,6 +25,8 @@ if [[ -z "${SLUICE_SKIP_INSTALL:-}" ]]; then
   if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need+=(python3-venv); fi
   # libfuse2 for tests/e2e/faultyfs.py (fusepy), the failing-fsync file system.
   ls /usr/lib/*/libfuse.so.2 >/dev/null 2>&1 || need+=(libfuse2)
+  # iproute2 (`ip netns`, veth) for tests/e2e/test_network_partition.py.
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
   if ((${#need[@]})); then
     log "apt-get install ${need[*]}"
     $SUDO apt-get update -qq

@@ -46,8 +46,11 @@ class Broker:
     """A `sluice serve` child process on 127.0.0.1:<port>."""
 
     def __init__(self, data_dir: Path, settings=None, extra_args=None, env=None,
-                 config_file=None, port=None):
+                 config_file=None, port=None, host="127.0.0.1", command_prefix=None):
         self.data_dir = Path(data_dir)
+        self.host = host
+        # Run through e.g. `ip netns exec NS` (a broker in its own network namespace).
+        self.command_prefix = list(command_prefix or [])
         self.port = port or free_port()
         self.settings = dict(settings or {})
         self.extra_args = list(extra_args or [])
@@ -62,10 +65,10 @@ class Broker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def args(self):
-        a = [sluice_bin(), "serve", "--listen", self.bootstrap, "--data-dir", str(self.data_dir)]
+        a = self.command_prefix + [sluice_bin(), "serve", "--listen", self.bootstrap, "--data-dir", str(self.data_dir)]
         if self.config_file:
             a += ["--config", str(self.config_file)]
         for k, v in self.settings.items():
@@ -114,7 +117,7 @@ class Broker:
                     f"sluice exited with {rc} during start-up; args={self.args()}\n"
                     f"--- stderr ---\n{self.stderr_text()}")
             try:
-                with kw.Conn("127.0.0.1", self.port, timeout=2.0) as c:
+                with kw.Conn(self.host, self.port, timeout=2.0) as c:
                     err, apis = kw.api_versions_v0(c)
                     if err == 0 and apis:
                         return
@@ -183,7 +186,7 @@ class Broker:
     # ---- convenience -----------------------------------------------------
 
     def conn(self, timeout=10.0) -> "kw.Conn":
-        return kw.Conn("127.0.0.1", self.port, timeout=timeout)
+        return kw.Conn(self.host, self.port, timeout=timeout)
 
     def __repr__(self):
         return f"<Broker {self.bootstrap} dir={self.data_dir}>"

@@ -50,7 +50,7 @@ def test_elect_leaders_moves_leadership_back_to_the_preferred_replica(make_broke
     errors = {tp.partition: error for tp, error in result.items()}
     assert errors[0] is None, errors
     # Partition 1 is still led by its preferred replica 2.
-    assert errors[1] is not None and errors[1].args[0].code() == KafkaError.ELECTION_NOT_NEEDED
+    assert errors[1] is not None and errors[1].code() == KafkaError.ELECTION_NOT_NEEDED
 
     wait_for(lambda: leaders(brokers[2], topic)[0]["leader"] == 1, "broker 1 leads partition 0 again")
     assert leaders(brokers[2], topic)[1]["leader"] == 2
