@@ -74,13 +74,13 @@ def bootstrap_of(brokers):
 
 
 def metadata(broker, topics):
-    with kw.Conn("127.0.0.1", broker.port) as c:
+    with kw.Conn(broker.host, broker.port) as c:
         return kw.metadata_v1(c, topics)
 
 
 def metadata_v7(broker, topics):
     """Metadata v7 (partitions carry leader_epoch and offline_replicas)."""
-    with kw.Conn("127.0.0.1", broker.port) as c:
+    with kw.Conn(broker.host, broker.port) as c:
         return kw.metadata_v7(c, topics)
 
 
@@ -120,13 +120,13 @@ def partitions_v7(broker, topic):
 
 def produce_one(broker, topic, partition, value, acks=-1):
     batch = kw.encode_batch([(b"k", value)])
-    with kw.Conn("127.0.0.1", broker.port) as c:
+    with kw.Conn(broker.host, broker.port) as c:
         return kw.produce_v3(c, topic, partition, batch, acks=acks)
 
 
 def find_coordinator(broker, group):
     """The group's coordinator as `broker` answers FindCoordinator v1."""
-    with kw.Conn("127.0.0.1", broker.port) as c:
+    with kw.Conn(broker.host, broker.port) as c:
         return kw.find_coordinator_v1(c, group)
 
 

@@ -131,7 +131,9 @@ def test_broker_restart_rejoins_and_leads_its_partitions_again(make_broker):
     brokers[1].kill(signal.SIGKILL)
     brokers[1].start(wait=True)
     # After the restart broker 2 is unfenced and leads its partition with a newer epoch.
-    wait_for(lambda: leaders(brokers[0], topic)[partition]["leader"] == 2, "broker 2 leads again")
+    # Broker 2's own view too: it may learn that it leads after broker 1 does.
+    wait_for(lambda: all(leaders(b, topic)[partition]["leader"] == 2 for b in brokers[:2]),
+             "broker 2 leads again")
     response = produce_one(brokers[1], topic, partition, b"after")
     assert response["error_code"] == 0
     assert response["base_offset"] == 1, "the record from before the restart is kept"
@@ -140,7 +142,8 @@ def test_broker_restart_rejoins_and_leads_its_partitions_again(make_broker):
     assert brokers[1].kill(signal.SIGTERM) == 0
     assert "controlled shutdown: the controller released this broker" in brokers[1].stderr_text()
     brokers[1].start(wait=True)
-    wait_for(lambda: leaders(brokers[2], topic)[partition]["leader"] == 2, "broker 2 leads again")
+    wait_for(lambda: all(leaders(b, topic)[partition]["leader"] == 2 for b in brokers[1:]),
+             "broker 2 leads again")
     response = produce_one(brokers[1], topic, partition, b"after the clean restart")
     assert response["error_code"] == 0 and response["base_offset"] == 2, response
 

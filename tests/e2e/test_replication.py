@@ -386,6 +386,88 @@ def test_acks_all_fails_with_not_enough_replicas_when_two_of_three_replicas_are_
     assert not any(v.startswith(b"refused-") for v in values)
 
 
+def lose_the_last_in_sync_replica(make_broker, topic_config):
+    """Five brokers, a topic on brokers 1-3 with 50 records acknowledged by all three. Then
+    2 and 3 stop and leave the ISR, broker 1 alone takes five acks=1 writes ("only on 1: i")
+    and dies, and 2 and 3 resume, behind it. Returns (by_id, topic, acked, observer)."""
+    brokers = start_cluster(make_broker, size=5, settings=REPLICATION_SETTINGS)
+    by_id = {b.node_id: b for b in brokers}
+    topic = unique_topic("last-isr")
+    create_replicated_topic(bootstrap_of(brokers), topic, replica_assignment=[[1, 2, 3]],
+                            config=topic_config)
+    wait_full_isr(brokers, topic, 1, 3)
+    producer = AckedProducer(bootstrap_of(brokers), topic, tag="replicated")
+    producer.produce(50)
+    assert producer.flush() == 0
+    acked, errors = producer.snapshot()
+    assert errors == [] and len(acked) == 50
+
+    # SIGSTOP, not SIGKILL, for 2 and 3: they must be back (without having fetched the
+    # tail) for three of the five voters to be up and fence broker 1.
+    stopped = [by_id[2], by_id[3]]
+    for b in stopped:
+        b.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: isr(by_id[1], topic) == [1], "the ISR down to broker 1",
+                 timeout=FAILOVER_TIMEOUT_S)
+        for i in range(5):
+            response = produce_one(by_id[1], topic, 0, f"only on 1: {i}".encode(), acks=1)
+            assert response["error_code"] == 0, response
+        by_id[1].kill(signal.SIGKILL)
+    finally:
+        for b in stopped:
+            b.proc.send_signal(signal.SIGCONT)
+    observer = by_id[4]
+    wait_for(lambda: broker_ids(observer) == [2, 3, 4, 5], "broker 1 fenced, 2 and 3 back",
+             timeout=FAILOVER_TIMEOUT_S)
+    return by_id, topic, acked, observer
+
+
+@pytest.mark.timeout(300)
+def test_without_unclean_election_a_partition_waits_for_its_last_in_sync_replica(make_broker):
+    """unclean.leader.election.enable=false (the default): when the last in-sync replica dies
+    the partition stays offline, even with the other replicas back, and returns with every
+    record, acks=1 ones included, when that replica does."""
+    by_id, topic, acked, observer = lose_the_last_in_sync_replica(make_broker, {})
+    brokers = list(by_id.values())
+    # Let the controller go through a few more changes with 2 and 3 unfenced (a topic on
+    # them, fully replicated): the partition still has no leader and broker 1 as its ISR.
+    probe = unique_topic("probe")
+    create_replicated_topic(bootstrap_of(brokers), probe, replica_assignment=[[2, 3, 4]])
+    wait_full_isr([observer], probe, 1, 3, timeout=FAILOVER_TIMEOUT_S)
+    state = leaders(observer, topic)[0]
+    assert (state["leader"], state["isr"]) == (-1, [1]), state
+
+    by_id[1].start(wait=True)
+    wait_for(lambda: leader_of(observer, topic) == 1, "broker 1 leads again",
+             timeout=FAILOVER_TIMEOUT_S)
+    consumed = read_all(bootstrap_of(brokers), topic, [0])
+    assert check_acked(acked, consumed) == []
+    assert [v for _, v, _, _ in consumed][50:] == [f"only on 1: {i}".encode() for i in range(5)]
+    wait_full_isr(brokers, topic, 1, 3, timeout=FAILOVER_TIMEOUT_S)
+
+
+@pytest.mark.xfail(strict=True, reason="unclean.leader.election.enable is not accepted as a "
+                   "topic setting (CreateTopics answers INVALID_CONFIG)")
+@pytest.mark.timeout(300)
+def test_with_unclean_election_an_out_of_sync_replica_takes_over(make_broker):
+    """unclean.leader.election.enable=true on the topic: a replica that was out of the ISR
+    leads once it is back; what only the dead leader had (acks=1 writes) is lost, what all
+    three had acknowledged is not. The old leader returns as a follower and drops its tail."""
+    by_id, topic, acked, observer = lose_the_last_in_sync_replica(
+        make_broker, {"unclean.leader.election.enable": "true"})
+    brokers = list(by_id.values())
+    wait_for(lambda: leader_of(observer, topic) in (2, 3), "an unclean leader",
+             timeout=FAILOVER_TIMEOUT_S)
+    consumed = read_all(bootstrap_of(brokers), topic, [0])
+    assert check_acked(acked, consumed) == []
+    assert len(consumed) == 50
+
+    by_id[1].start(wait=True)
+    wait_full_isr(brokers, topic, 1, 3, timeout=FAILOVER_TIMEOUT_S)
+    assert read_all(bootstrap_of(brokers), topic, [0]) == consumed
+
+
 def test_create_topics_with_a_manual_assignment_of_three_replicas(make_broker):
     """CreateTopics with replica assignments (confluent-kafka's
     `NewTopic(replica_assignment=...)`): the replicas and preferred leader are as asked."""
@@ -509,7 +591,7 @@ def test_consumer_group_keeps_consuming_through_a_coordinator_failover(make_brok
                 return None
             return valid_offsets(got)
 
-        wait_for(lambda: committed_now() == committed, "committed offsets readable",
+        wait_for(lambda: committed_now() == committed, "the committed offsets read back",
                  timeout=FAILOVER_TIMEOUT_S)
 
         # The consumer keeps going to the end.
