@@ -447,8 +447,6 @@ def test_without_unclean_election_a_partition_waits_for_its_last_in_sync_replica
     wait_full_isr(brokers, topic, 1, 3, timeout=FAILOVER_TIMEOUT_S)
 
 
-@pytest.mark.xfail(strict=True, reason="unclean.leader.election.enable is not accepted as a "
-                   "topic setting (CreateTopics answers INVALID_CONFIG)")
 @pytest.mark.timeout(300)
 def test_with_unclean_election_an_out_of_sync_replica_takes_over(make_broker):
     """unclean.leader.election.enable=true on the topic: a replica that was out of the ISR

@@ -312,6 +312,13 @@ pub static BROKER_SETTINGS: &[SettingDef] = &[
         doc: "Replicas that must be in sync for an acks=all produce to succeed.",
     },
     SettingDef {
+        name: "unclean.leader.election.enable",
+        aliases: &[],
+        default: "false",
+        kind: SettingKind::Bool,
+        doc: "Whether a replica out of the ISR may lead when no in-sync replica is left (records may be lost); off, such a partition stays offline until an in-sync replica returns. The controller reads the topic's value or the cluster-wide dynamic default (AlterConfigs), not this node's static setting.",
+    },
+    SettingDef {
         name: "log.cleanup.policy",
         aliases: &[],
         default: "delete",

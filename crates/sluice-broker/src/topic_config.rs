@@ -167,6 +167,12 @@ pub static TOPIC_SETTINGS: &[TopicSettingDef] = &[
         },
         "Replicas that must be in sync for acks=all."
     ),
+    topic_setting!(
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+        SettingKind::Bool,
+        "Whether a replica out of the ISR may lead when no in-sync replica is left (records may be lost)."
+    ),
 ];
 
 pub fn topic_setting(name: &str) -> Option<&'static TopicSettingDef> {
