@@ -182,3 +182,58 @@ def test_check_only_catches_lost_offset_commits(tmp_root):
     assert damaged["commit_regressions"] > 0
     assert damaged["lost"] == 0, "the topic itself was not damaged"
     assert any(v["kind"] == "commit_regression" for v in damaged["first_violations"])
+
+
+def test_cluster_crash_loop_is_clean_and_reports_the_cluster(tmp_root):
+    # Three brokers as one cluster (RF 3, min.insync.replicas 2 by default); each round
+    # SIGKILLs or SIGSTOPs one of them, then waits for full ISRs again.
+    data_dir = tmp_root / "run"
+    history = tmp_root / "history.jsonl"
+    proc = verify("--brokers", "3", "--rounds", "4", "--seed", "11", "--rate", "100",
+                  "--max-uptime-ms", "1000", "--max-stop-ms", "1000", "--stop-ratio", "0.3",
+                  "--data-dir", str(data_dir), "--history", str(history), "-o", "json")
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    s = summary(proc)
+    assert s["clean"] is True and s["violations"] == 0
+    assert s["brokers"] == 3 and s["rounds"] == 4
+    assert s["replication_factor"] == 3 and s["min_insync_replicas"] == 2
+    assert s["sigkills"] + s["sigstops"] == 4
+    assert sum(s["sigkills_by_broker"].values()) == s["sigkills"]
+    assert sum(s["sigstops_by_broker"].values()) == s["sigstops"]
+    assert set(s["sigkills_by_broker"]) | set(s["sigstops_by_broker"]) <= {"1", "2", "3"}
+    assert s["acked"] > 0 and s["acked"] <= s["records_read"] <= s["sent"]
+    assert s["lost"] == 0 and s["duplicated"] == 0
+    assert s["out_of_order"] == 0 and s["phantom"] == 0
+    assert s["commits"] > 0 and s["commit_regressions"] == 0
+    # One data directory and output file per node, and the layout for --check-only.
+    for node in (1, 2, 3):
+        assert (data_dir / f"node-{node}").is_dir()
+        assert (data_dir / f"broker-{node}.log").stat().st_size > 0
+    layout = json.loads((data_dir / "cluster.json").read_text())
+    assert [n["node_id"] for n in layout["nodes"]] == [1, 2, 3]
+    assert layout["replication_factor"] == 3
+    # Every node holds a replica of each partition of the topic.
+    for node in (1, 2, 3):
+        dirs = [d for d in (data_dir / f"node-{node}").rglob(s["topic"] + "-*") if d.is_dir()]
+        assert len({d.name for d in dirs}) == 4, (node, dirs)
+    assert "round 4/4" in proc.stderr and " broker " in proc.stderr
+
+    # The kept cluster re-checks clean.
+    proc = verify("--check-only", "--data-dir", str(data_dir), "--history", str(history),
+                  "-o", "json")
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    again = summary(proc)
+    assert again["check_only"] is True and again["clean"] is True
+    assert again["brokers"] == 3
+    assert again["acked"] == s["acked"] and again["records_read"] == s["records_read"]
+
+
+def test_cluster_options_are_checked(tmp_root):
+    proc = verify("--brokers", "2", "--replication-factor", "3",
+                  "--data-dir", str(tmp_root / "run"), timeout=30)
+    assert proc.returncode == 1
+    assert "--replication-factor 3" in proc.stderr
+    proc = verify("--brokers", "3", "--min-insync-replicas", "3", "--replication-factor", "2",
+                  "--data-dir", str(tmp_root / "run2"), timeout=30)
+    assert proc.returncode == 1
+    assert "above the replication factor" in proc.stderr

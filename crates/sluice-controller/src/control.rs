@@ -1043,30 +1043,46 @@ fn complete_reassignment(
     if !state.is_reassigning() || state.adding_replicas.iter().any(|r| !state.isr.contains(r)) {
         return None;
     }
-    let target = state.target_replicas();
+    narrow_to(image, state, state.target_replicas(), false)
+}
+
+/// The change that narrows a reassigning partition to `replicas` (the target when it
+/// finishes, the original replicas when it is cancelled): ISR ∩ `replicas`, adding and
+/// removing cleared, and a leader outside `replicas` handing over to the first eligible
+/// in-sync one of them. `None` when the ISR would be empty, or when no such replica can lead
+/// and `may_go_offline` is false (with it, the partition waits offline, as after fencing).
+fn narrow_to(
+    image: &MetadataImage,
+    state: &PartitionRegistration,
+    replicas: Vec<i32>,
+    may_go_offline: bool,
+) -> Option<PartitionChangeFields> {
     let isr: Vec<i32> = state
         .isr
         .iter()
         .copied()
-        .filter(|r| target.contains(r))
+        .filter(|r| replicas.contains(r))
         .collect();
     if isr.is_empty() {
         return None;
     }
-    let leader = if state.leader == NO_LEADER || target.contains(&state.leader) {
+    let leader = if state.leader == NO_LEADER || replicas.contains(&state.leader) {
         None
     } else {
-        Some(
-            target
-                .iter()
-                .copied()
-                .find(|r| isr.contains(r) && image.is_broker_eligible(*r))?,
-        )
+        let successor = replicas
+            .iter()
+            .copied()
+            .find(|r| isr.contains(r) && image.is_broker_eligible(*r));
+        Some(match successor {
+            Some(successor) => successor,
+            None if may_go_offline => NO_LEADER,
+            None => return None,
+        })
     };
     Some(PartitionChangeFields {
         leader,
         isr: (isr != state.isr).then_some(isr),
-        replicas: Some(target),
+        replicas: Some(replicas),
         adding_replicas: Some(Vec::new()),
         removing_replicas: Some(Vec::new()),
     })
@@ -1086,38 +1102,14 @@ fn cancel_reassignment(
             "no reassignment of this partition is in progress",
         ));
     }
-    let original = state.original_replicas();
-    let isr: Vec<i32> = state
-        .isr
-        .iter()
-        .copied()
-        .filter(|r| original.contains(r))
-        .collect();
-    if isr.is_empty() {
-        return Err(ApiError::new(
+    let change = narrow_to(image, state, state.original_replicas(), true).ok_or_else(|| {
+        ApiError::new(
             ResponseError::ReassignmentInProgress,
             "no original replica is in sync, so cancelling would lose records; \
              let the reassignment finish or start a new one",
-        ));
-    }
-    let leader = if state.leader == NO_LEADER || original.contains(&state.leader) {
-        None
-    } else {
-        Some(
-            original
-                .iter()
-                .copied()
-                .find(|r| isr.contains(r) && image.is_broker_eligible(*r))
-                .unwrap_or(NO_LEADER),
         )
-    };
-    Ok(vec![PartitionChangeFields {
-        leader,
-        isr: (isr != state.isr).then_some(isr),
-        replicas: Some(original),
-        adding_replicas: Some(Vec::new()),
-        removing_replicas: Some(Vec::new()),
-    }])
+    })?;
+    Ok(vec![change])
 }
 
 fn elect_preferred_leaders(

@@ -262,9 +262,16 @@ impl Batch {
 #[derive(Default)]
 struct PartitionState {
     queue: VecDeque<Batch>,
-    /// Batches sent and not resolved: id -> base sequence (if any).
-    in_flight: BTreeMap<(u64, u32), Option<i32>>,
+    /// Batches sent and not resolved: id -> base sequence (if any) and the broker sent to.
+    in_flight: BTreeMap<(u64, u32), InFlight>,
     next_sequence: i32,
+}
+
+/// A batch sent and not resolved.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    sequence: Option<i32>,
+    leader: i32,
 }
 
 impl PartitionState {
@@ -283,7 +290,7 @@ impl PartitionState {
     fn has_earlier(&self, sequence: i32) -> bool {
         self.in_flight
             .values()
-            .any(|s| matches!(s, Some(s) if *s < sequence))
+            .any(|f| matches!(f.sequence, Some(s) if s < sequence))
             || self
                 .queue
                 .iter()
@@ -1205,6 +1212,14 @@ fn make_plan(inner: &Inner, state: &mut State) -> Plan {
             missing_leader = true;
             continue;
         };
+        if idempotent && partition.in_flight.values().any(|f| f.leader != leader) {
+            // The leader moved while batches are out at the old one: their outcome decides
+            // what is retried first. Sent on, newer batches could land at the new leader
+            // before an older one that the old leader wrote and replicated; the older one's
+            // retry would then fall outside the broker's 5-batch duplicate window and look
+            // like a gap (OUT_OF_ORDER_SEQUENCE_NUMBER), and be written twice.
+            continue;
+        }
         let used = request_bytes.entry(leader).or_default();
         if *used > 0 && *used + front.size_bytes > options.max_request_bytes {
             wake_at(now, &mut plan);
@@ -1223,9 +1238,13 @@ fn make_plan(inner: &Inner, state: &mut State) -> Plan {
                     partition.next_sequence.wrapping_add(batch.record_count());
             }
         }
-        partition
-            .in_flight
-            .insert((batch.id, batch.sub), batch.sequence.map(|(_, s)| s));
+        partition.in_flight.insert(
+            (batch.id, batch.sub),
+            InFlight {
+                sequence: batch.sequence.map(|(_, s)| s),
+                leader,
+            },
+        );
         plan.requests.entry(leader).or_default().push(batch);
     }
     if missing_leader || metadata_due {

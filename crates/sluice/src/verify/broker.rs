@@ -52,6 +52,10 @@ pub struct BrokerProcess {
     log_dir: PathBuf,
     output_path: PathBuf,
     settings: Vec<(String, String)>,
+    /// In a cluster: this node's id (the readiness probe waits until Metadata lists it,
+    /// i.e. it is registered and unfenced) and its `--node-id`/quorum arguments.
+    node_id: Option<i32>,
+    extra_args: Vec<String>,
     child: Option<Child>,
     /// Starts so far (1 after the first).
     pub starts: u32,
@@ -71,9 +75,23 @@ impl BrokerProcess {
             log_dir,
             output_path,
             settings,
+            node_id: None,
+            extra_args: Vec::new(),
             child: None,
             starts: 0,
         }
+    }
+
+    /// Makes this process node `node_id` of a cluster: `extra_args` (the node id and
+    /// quorum flags) go on every start, and readiness waits for the node's registration.
+    pub fn with_node(mut self, node_id: i32, extra_args: Vec<String>) -> BrokerProcess {
+        self.node_id = Some(node_id);
+        self.extra_args = extra_args;
+        self
+    }
+
+    pub fn node_id(&self) -> Option<i32> {
+        self.node_id
     }
 
     pub fn address(&self) -> &str {
@@ -87,6 +105,13 @@ impl BrokerProcess {
     /// Starts the broker (its stdout and stderr appended to the output file) and waits
     /// until it answers ApiVersions and Metadata.
     pub async fn start(&mut self, timeout: Duration) -> Result<(), BrokerError> {
+        self.spawn()?;
+        self.wait_ready(timeout).await
+    }
+
+    /// Starts the process without waiting: the nodes of a new cluster serve only once a
+    /// quorum of them runs, so all are spawned before any is waited for.
+    pub fn spawn(&mut self) -> Result<(), BrokerError> {
         let log_error = |source| BrokerError::LogFile {
             path: self.log_name(),
             source,
@@ -109,6 +134,7 @@ impl BrokerProcess {
             .stderr(errors)
             .env("NO_COLOR", "1")
             .kill_on_drop(true);
+        command.args(&self.extra_args);
         for (key, value) in &self.settings {
             command.arg("--set").arg(format!("{key}={value}"));
         }
@@ -118,12 +144,12 @@ impl BrokerProcess {
         })?;
         self.child = Some(child);
         self.starts += 1;
-        self.wait_ready(timeout).await
+        Ok(())
     }
 
     /// Probes until the broker serves: a connection (with ApiVersions) and a Metadata
-    /// round trip.
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BrokerError> {
+    /// round trip (that lists this node, in a cluster).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BrokerError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -136,7 +162,12 @@ impl BrokerProcess {
                 }
             }
             let last = match probe(&self.address).await {
-                Ok(()) => return Ok(()),
+                Ok(listed) => match self.node_id {
+                    Some(id) if !listed.contains(&id) => {
+                        format!("node {id} is not registered yet (brokers {listed:?})")
+                    }
+                    _ => return Ok(()),
+                },
                 Err(error) => error.to_string(),
             };
             if Instant::now() >= deadline {
@@ -220,15 +251,15 @@ impl BrokerProcess {
 }
 
 /// One readiness probe: connect (which negotiates versions with ApiVersions), then a
-/// Metadata request for all topics.
-pub async fn probe(address: &str) -> Result<(), ClientError> {
+/// Metadata request for all topics; returns the node ids of the brokers it lists.
+pub async fn probe(address: &str) -> Result<Vec<i32>, ClientError> {
     let timeout = Duration::from_millis(PROBE_TIMEOUT_MS);
     let attempt = async {
         let mut connection = Connection::connect(address, timeout).await?;
-        connection
+        let (_, response) = connection
             .send(1..=12, &metadata_request(None, false))
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(response.brokers.iter().map(|b| b.node_id.0).collect())
     };
     tokio::time::timeout(timeout, attempt)
         .await

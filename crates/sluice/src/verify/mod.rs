@@ -17,6 +17,7 @@
 
 mod broker;
 mod checker;
+mod cluster;
 mod history;
 
 use std::collections::BTreeMap;
@@ -28,15 +29,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use sluice_client::admin::{AdminConfig, NewTopic, LATEST};
+use sluice_client::admin::{NewTopic, LATEST};
 use sluice_client::{
-    Admin, AutoOffsetReset, ClientError, Consumer, ConsumerOptions, Producer, ProducerOptions,
-    ProducerRecord, TopicPartition,
+    AutoOffsetReset, Consumer, ConsumerOptions, Producer, ProducerOptions, ProducerRecord,
+    TopicPartition,
 };
 
 use crate::output::{self, CliError, Output};
-use broker::BrokerProcess;
 use checker::{CheckReport, ReadRecord};
+use cluster::{Cluster, Layout, Leadership};
 use history::{Ack, Commit, Failure, History, Observation, RunInfo};
 
 /// Exit code of a run that found a violation (1 stays "the run itself failed").
@@ -128,9 +129,38 @@ pub struct VerifyArgs {
     /// repeatable.
     #[arg(long = "broker-arg", value_name = "KEY=VALUE", value_parser = output::parse_key_value)]
     broker_args: Vec<(String, String)>,
+    /// Brokers: 1 runs one `sluice serve` (data in `log/`); more start that many as one
+    /// cluster (node ids 1..=N, every node a controller voter, data in `node-N/`, output
+    /// in `broker-N.log`) and each round faults one of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    brokers: u32,
+    /// Replication factor of the topic (and of `__consumer_offsets`) in a cluster
+    /// [default: min(brokers, 3)].
+    #[arg(long, value_parser = clap::value_parser!(i16).range(1..=9))]
+    replication_factor: Option<i16>,
+    /// `min.insync.replicas` of the topic in a cluster [default: 2 when the replication
+    /// factor is 3 or more, else 1].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=9))]
+    min_insync_replicas: Option<i32>,
+    /// Which broker a round faults in a cluster: any (uniformly), or the leader of a
+    /// random partition of the topic.
+    #[arg(long, value_enum, default_value_t = FaultTarget::Any)]
+    fault_target: FaultTarget,
+    /// In a cluster, how long after a fault the verifier waits for every partition to
+    /// have a leader and a full ISR again before the next round (a round that waits
+    /// longer is counted, not fatal).
+    #[arg(long, default_value_t = 60_000)]
+    settle_timeout_ms: u64,
     /// Summary format: a table, or one JSON document on stdout.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
+}
+
+/// Which broker a cluster round faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FaultTarget {
+    Any,
+    Leader,
 }
 
 /// splitmix64: a tiny seeded generator, so a seed reproduces the fault schedule without
@@ -199,6 +229,23 @@ struct Faults {
     rounds: u32,
     kills: u32,
     stops: u32,
+    /// Per node id (clusters).
+    kills_by_broker: BTreeMap<i32, u32>,
+    stops_by_broker: BTreeMap<i32, u32>,
+    /// Partitions whose leader (or leader epoch) changed across a round, summed.
+    leader_changes: u32,
+    /// Rounds after which the cluster did not get back to full ISRs in time.
+    unsettled_rounds: u32,
+    /// Fewest replicas of a `__consumer_offsets` partition (clusters; the broker caps
+    /// them at the brokers registered when the topic was created).
+    offsets_topic_replicas: Option<usize>,
+}
+
+/// The cluster's shape as the summary reports it.
+struct Shape {
+    brokers: usize,
+    replication_factor: Option<i16>,
+    min_insync_replicas: Option<i32>,
 }
 
 fn clock_seed() -> u64 {
@@ -224,41 +271,81 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("sluice-verify-{run_id:016x}")),
     };
-    std::fs::create_dir_all(work_dir.join("log"))
+    std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
-    let port = broker::free_port().context("cannot find a free port")?;
-    let mut broker = BrokerProcess::new(
-        bin,
-        format!("127.0.0.1:{port}"),
-        work_dir.join("log"),
-        work_dir.join("broker.log"),
-        DEFAULT_BROKER_SETTINGS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .chain(args.broker_args.iter().cloned())
-            .collect(),
-    );
+    let layout = if args.check_only {
+        // The run being re-checked decides: a saved layout means a cluster.
+        Layout::load(&work_dir)?
+    } else if args.brokers > 1 {
+        let replication_factor = args
+            .replication_factor
+            .unwrap_or_else(|| cluster::default_replication_factor(args.brokers));
+        if i64::from(replication_factor) > i64::from(args.brokers) {
+            anyhow::bail!(
+                "--replication-factor {replication_factor} needs at least as many --brokers \
+                 (got {})",
+                args.brokers
+            );
+        }
+        let min_insync_replicas = args
+            .min_insync_replicas
+            .unwrap_or_else(|| cluster::default_min_insync_replicas(replication_factor));
+        if min_insync_replicas > i32::from(replication_factor) {
+            anyhow::bail!(
+                "--min-insync-replicas {min_insync_replicas} is above the replication \
+                 factor {replication_factor}: nothing could be acknowledged"
+            );
+        }
+        let layout = Layout::on_free_ports(args.brokers, replication_factor, min_insync_replicas)?;
+        layout.save(&work_dir.join(cluster::LAYOUT_FILE))?;
+        Some(layout)
+    } else {
+        None
+    };
+    let mut settings: Vec<(String, String)> = DEFAULT_BROKER_SETTINGS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut cluster = match &layout {
+        Some(layout) => {
+            settings.extend(cluster::cluster_settings(layout));
+            settings.extend(args.broker_args.iter().cloned());
+            Cluster::from_layout(&bin, layout, &work_dir, &settings)
+        }
+        None => {
+            std::fs::create_dir_all(work_dir.join("log"))
+                .with_context(|| format!("cannot create {}", work_dir.display()))?;
+            settings.extend(args.broker_args.iter().cloned());
+            let address = cluster::free_address().context("cannot find a free port")?;
+            Cluster::single(bin, address, &work_dir, settings)
+        }
+    };
+    let shape = Shape {
+        brokers: cluster.len(),
+        replication_factor: layout.as_ref().map(|l| l.replication_factor),
+        min_insync_replicas: layout.as_ref().map(|l| l.min_insync_replicas),
+    };
     let outcome = tokio::select! {
-        outcome = execute(&args, &mut broker, &work_dir, seed, run_id) => outcome,
+        outcome = execute(&args, &mut cluster, layout.as_ref(), &work_dir, seed, run_id) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     let outcome = match outcome {
         Ok(run) => {
-            if let Err(error) = broker.terminate().await {
-                tracing::warn!(%error, "stopping the broker");
+            if let Err(error) = cluster.terminate_all().await {
+                tracing::warn!(%error, "stopping the brokers");
             }
             Ok(run)
         }
         Err(error) => {
-            if let Err(kill_error) = broker.kill().await {
-                tracing::warn!(error = %kill_error, "killing the broker");
+            if let Err(kill_error) = cluster.kill_all().await {
+                tracing::warn!(error = %kill_error, "killing the brokers");
             }
             Err(error.context(format!("data kept in {}", work_dir.display())))
         }
     };
     let (report, faults, info) = outcome?;
     let clean = report.is_clean();
-    print_summary(&args, &report, &faults, &info, &work_dir, info.seed)?;
+    print_summary(&args, &report, &faults, &shape, &info, &work_dir, info.seed)?;
     if clean {
         if default_dir && !args.keep_data {
             if let Err(error) = std::fs::remove_dir_all(&work_dir) {
@@ -279,10 +366,75 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The run (or the check-only pass) with the broker already set up; returns the report.
+/// Picks the node a cluster round faults (an index into `cluster.nodes`): any node, or
+/// the leader of a random partition (any node when that partition has no live leader).
+async fn pick_target(
+    args: &VerifyArgs,
+    cluster: &Cluster,
+    topic: &str,
+    rng: &mut SplitMix,
+) -> usize {
+    let last = cluster.len() as u64 - 1;
+    let any = rng.between(0, last) as usize;
+    if args.fault_target == FaultTarget::Any {
+        return any;
+    }
+    let partition = rng.between(0, args.partitions.max(1) as u64 - 1) as i32;
+    match cluster.describe(topic, CLIENT_REQUEST_TIMEOUT_MS).await {
+        Ok(partitions) => {
+            let leader = partitions
+                .iter()
+                .find(|p| p.partition == partition)
+                .and_then(|p| p.leader);
+            cluster
+                .node_ids()
+                .iter()
+                .position(|id| Some(*id) == leader)
+                .unwrap_or(any)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot find the leader to fault; faulting any broker");
+            any
+        }
+    }
+}
+
+/// After a cluster fault: waits for full ISRs and counts leader changes since `before`.
+async fn settle(
+    args: &VerifyArgs,
+    cluster: &Cluster,
+    topic: &str,
+    faults: &mut Faults,
+    before: &mut Option<Leadership>,
+    when: &str,
+) {
+    let (now, in_sync) = cluster
+        .wait_in_sync(
+            topic,
+            Duration::from_millis(args.settle_timeout_ms),
+            CLIENT_REQUEST_TIMEOUT_MS,
+        )
+        .await;
+    if !in_sync {
+        faults.unsettled_rounds += 1;
+        eprintln!(
+            "verify: {when}: the ISR of {topic} was not full again within {} ms",
+            args.settle_timeout_ms
+        );
+    }
+    if let (Some(then), Some(now)) = (before.as_ref(), now.as_ref()) {
+        faults.leader_changes += cluster::leader_changes(then, now);
+    }
+    if now.is_some() {
+        *before = now;
+    }
+}
+
+/// The run (or the check-only pass) with the brokers already set up; returns the report.
 async fn execute(
     args: &VerifyArgs,
-    broker: &mut BrokerProcess,
+    cluster: &mut Cluster,
+    layout: Option<&Layout>,
     work_dir: &Path,
     seed: u64,
     run_id: u64,
@@ -295,25 +447,40 @@ async fn execute(
             .context("--check-only needs --history")?;
         let history = History::load(path)?;
         eprintln!(
-            "verify: re-checking run {:016x} (topic {}) from {} against {}",
+            "verify: re-checking run {:016x} (topic {}) from {} against {} ({} broker(s))",
             history.run.run_id,
             history.run.topic,
             path.display(),
-            work_dir.display()
+            work_dir.display(),
+            cluster.len()
         );
         let info = history.run.clone();
+        let topic = info.topic.clone();
         let shared = Arc::new(Shared {
             clock: AtomicU64::new(u64::MAX / 2),
             history: Mutex::new(history),
             stop: AtomicBool::new(true),
             drain_to: Mutex::new(None),
         });
-        broker
-            .start(start_timeout)
+        cluster
+            .start_all(start_timeout)
             .await
             .context("starting the broker")?;
-        let report = finish(&shared, broker, "at the check").await?;
-        return Ok((report, Faults::default(), info));
+        let mut faults = Faults::default();
+        if cluster.is_cluster() {
+            settle(
+                args,
+                cluster,
+                &topic,
+                &mut faults,
+                &mut None,
+                "at the check",
+            )
+            .await;
+            wait_acked_visible(args, cluster, &shared).await;
+        }
+        let report = finish(&shared, cluster, "at the check").await?;
+        return Ok((report, faults, info));
     }
 
     let topic = format!("verify-{run_id:016x}");
@@ -327,22 +494,50 @@ async fn execute(
         seed,
     };
     eprintln!(
-        "verify: seed {seed}, run {run_id:016x}, {} round(s), broker at {} with data in {}",
+        "verify: seed {seed}, run {run_id:016x}, {} round(s), {} broker(s) at {} with data in {}",
         args.rounds,
-        broker.address(),
+        cluster.len(),
+        cluster.bootstrap(),
         work_dir.display()
     );
-    broker
-        .start(start_timeout)
+    cluster
+        .start_all(start_timeout)
         .await
         .context("starting the broker")?;
-    let bootstrap = broker.address().to_string();
-    let mut admin = admin(&bootstrap).await?;
+    let bootstrap = cluster.bootstrap();
+    let mut admin = cluster.admin(CLIENT_REQUEST_TIMEOUT_MS).await?;
+    let mut new_topic = NewTopic::new(&topic).with_partitions(args.partitions);
+    if let Some(layout) = layout {
+        new_topic = new_topic
+            .with_replication_factor(layout.replication_factor)
+            .with_config(
+                "min.insync.replicas",
+                &layout.min_insync_replicas.to_string(),
+            );
+    }
     admin
-        .create_topic(NewTopic::new(&topic).with_partitions(args.partitions))
+        .create_topic(new_topic)
         .await
         .with_context(|| format!("creating topic {topic}"))?;
     drop(admin);
+    let mut faults = Faults::default();
+    let mut leadership = None;
+    if let Some(layout) = layout {
+        // Have the offsets topic created now, with every broker registered, and see how
+        // many replicas it got.
+        faults.offsets_topic_replicas =
+            create_offsets_topic(cluster, &topic, layout.replication_factor).await;
+        settle(
+            args,
+            cluster,
+            &topic,
+            &mut faults,
+            &mut leadership,
+            "after creating the topic",
+        )
+        .await;
+        faults.unsettled_rounds = 0;
+    }
 
     let shared = Arc::new(Shared {
         clock: AtomicU64::new(0),
@@ -360,15 +555,15 @@ async fn execute(
             args.delivery_timeout_ms,
         )));
     }
-    let consumer = tokio::spawn(consume(Arc::clone(&shared), bootstrap.clone()));
+    let consumer = tokio::spawn(consume(Arc::clone(&shared), cluster.addresses()));
 
     let mut rng = SplitMix(seed);
-    let mut faults = Faults::default();
+    let node_ids = cluster.node_ids();
     let started = Instant::now();
     for round in 1..=args.rounds {
         let uptime_ms = rng.between(args.min_uptime_ms, args.max_uptime_ms);
         tokio::time::sleep(Duration::from_millis(uptime_ms)).await;
-        broker
+        cluster
             .check_alive()
             .with_context(|| format!("before the fault of round {round}"))?;
         let (acked, failed) = {
@@ -376,35 +571,62 @@ async fn execute(
             (history.acks.len(), history.failures.len())
         };
         faults.rounds = round;
+        // A single broker draws no target, so its seeds keep their old schedules.
+        let target = if cluster.is_cluster() {
+            pick_target(args, cluster, &topic, &mut rng).await
+        } else {
+            0
+        };
+        let node_id = node_ids.get(target).copied().unwrap_or(1);
+        let which = if cluster.is_cluster() {
+            format!(" broker {node_id}")
+        } else {
+            String::new()
+        };
         if rng.chance(args.stop_ratio) {
             let stop_ms = rng.between(args.min_stop_ms, args.max_stop_ms);
-            broker.pause()?;
+            let node = &mut cluster.nodes[target];
+            node.pause()?;
             tokio::time::sleep(Duration::from_millis(stop_ms)).await;
-            broker.resume()?;
+            node.resume()?;
+            if node.node_id().is_some() {
+                // Back serving (re-registered if it was fenced meanwhile).
+                node.wait_ready(start_timeout)
+                    .await
+                    .with_context(|| format!("broker {node_id} after SIGCONT in round {round}"))?;
+            }
             faults.stops += 1;
+            *faults.stops_by_broker.entry(node_id).or_default() += 1;
             eprintln!(
-                "round {round}/{}: SIGSTOP for {stop_ms} ms after {uptime_ms} ms up \
+                "round {round}/{}: SIGSTOP{which} for {stop_ms} ms after {uptime_ms} ms up \
                  (acked {acked}, failed {failed})",
                 args.rounds
             );
         } else {
-            broker.kill().await?;
+            let node = &mut cluster.nodes[target];
+            node.kill().await?;
             let restart = Instant::now();
-            broker
-                .start(start_timeout)
+            node.start(start_timeout)
                 .await
-                .with_context(|| format!("restarting the broker in round {round}"))?;
+                .with_context(|| format!("restarting{which} in round {round}"))?;
             faults.kills += 1;
+            *faults.kills_by_broker.entry(node_id).or_default() += 1;
             eprintln!(
-                "round {round}/{}: SIGKILL after {uptime_ms} ms up, serving again after \
+                "round {round}/{}: SIGKILL{which} after {uptime_ms} ms up, serving again after \
                  {} ms (acked {acked}, failed {failed})",
                 args.rounds,
                 restart.elapsed().as_millis()
             );
-            observe(
-                &shared,
-                &bootstrap,
-                &format!("after restart {}", faults.kills),
+            observe(&shared, cluster, &format!("after restart {}", faults.kills)).await;
+        }
+        if cluster.is_cluster() {
+            settle(
+                args,
+                cluster,
+                &topic,
+                &mut faults,
+                &mut leadership,
+                &format!("round {round}"),
             )
             .await;
         }
@@ -415,22 +637,36 @@ async fn execute(
         started.elapsed().as_secs_f64()
     );
     shared.stop.store(true, Ordering::SeqCst);
-    broker.check_alive().context("after the last round")?;
+    cluster.check_alive().context("after the last round")?;
     for producer in producers {
         producer.await.context("a producer task failed")??;
     }
-    let high_watermarks = high_watermarks(&bootstrap, &topic, args.partitions).await?;
+    let high_watermarks = high_watermarks(cluster, &topic, args.partitions).await?;
     *shared.drain_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(high_watermarks);
     consumer.await.context("the consumer task failed")?;
-    observe(&shared, &bootstrap, "after the load").await;
-    broker.check_alive().context("after the load")?;
-    broker.kill().await?;
-    broker
-        .start(start_timeout)
+    observe(&shared, cluster, "after the load").await;
+    cluster.check_alive().context("after the load")?;
+    cluster.kill_all().await?;
+    cluster
+        .start_all(start_timeout)
         .await
-        .context("restarting the broker after the final SIGKILL")?;
+        .context("restarting the broker(s) after the final SIGKILL")?;
+    if cluster.is_cluster() {
+        let mut final_faults = Faults::default();
+        settle(
+            args,
+            cluster,
+            &topic,
+            &mut final_faults,
+            &mut None,
+            "after the final restart",
+        )
+        .await;
+        faults.unsettled_rounds += final_faults.unsettled_rounds;
+        wait_acked_visible(args, cluster, &shared).await;
+    }
     eprintln!("verify: final SIGKILL and restart done; reading everything back");
-    let report = match finish(&shared, broker, "after the final restart").await {
+    let report = match finish(&shared, cluster, "after the final restart").await {
         Ok(report) => report,
         Err(error) => {
             // Keep what the run recorded, so that `--check-only` can retry the check.
@@ -454,31 +690,94 @@ async fn execute(
     Ok((report, faults, info))
 }
 
+/// Asks for the group's coordinator until one answers (the broker creates
+/// `__consumer_offsets` on the first such request), then returns the fewest replicas
+/// of its partitions; `None` when that could not be found out.
+async fn create_offsets_topic(cluster: &Cluster, group: &str, wanted: i16) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_millis(OBSERVE_TIMEOUT_MS);
+    loop {
+        let attempt = async {
+            let mut admin = cluster.admin(CLIENT_REQUEST_TIMEOUT_MS).await?;
+            admin.coordinator(group).await?;
+            cluster
+                .describe(cluster::OFFSETS_TOPIC, CLIENT_REQUEST_TIMEOUT_MS)
+                .await
+        };
+        match attempt.await {
+            Ok(partitions) if !partitions.is_empty() => {
+                let fewest = partitions.iter().map(|p| p.replicas.len()).min();
+                if fewest.is_some_and(|f| (f as i64) < i64::from(wanted)) {
+                    eprintln!(
+                        "verify: __consumer_offsets got only {fewest:?} replica(s) per \
+                         partition, not {wanted}"
+                    );
+                }
+                return fewest;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "finding the group's coordinator"),
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("cannot have __consumer_offsets created");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// After a cluster restart the leaders' high watermarks advance once the followers fetch
+/// again: waits (up to `--settle-timeout-ms`) until each partition's high watermark
+/// covers its highest acknowledged offset, so that the read-back does not race that.
+/// A high watermark that never gets there is left to the checker to report.
+async fn wait_acked_visible(args: &VerifyArgs, cluster: &Cluster, shared: &Shared) {
+    let (topic, partitions, wanted) = {
+        let history = shared.history();
+        let mut wanted: BTreeMap<i32, i64> = BTreeMap::new();
+        for ack in &history.acks {
+            let end = wanted.entry(ack.partition).or_insert(0);
+            *end = (*end).max(ack.offset + 1);
+        }
+        (history.run.topic.clone(), history.run.partitions, wanted)
+    };
+    let deadline = Instant::now() + Duration::from_millis(args.settle_timeout_ms);
+    loop {
+        let last = high_watermarks(cluster, &topic, partitions).await;
+        if let Ok(now) = &last {
+            if wanted
+                .iter()
+                .all(|(p, end)| now.get(p).is_some_and(|hw| hw >= end))
+            {
+                return;
+            }
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "verify: the high watermarks {last:?} did not reach the acknowledged ends \
+                 {wanted:?} within {} ms",
+                args.settle_timeout_ms
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Observes the committed offsets, reads every partition back and checks the history.
 async fn finish(
     shared: &Arc<Shared>,
-    broker: &BrokerProcess,
+    cluster: &Cluster,
     when: &str,
 ) -> anyhow::Result<CheckReport> {
-    let bootstrap = broker.address().to_string();
-    if !observe(shared, &bootstrap, when).await {
+    if !observe(shared, cluster, when).await {
         anyhow::bail!("cannot fetch the group's committed offsets {when}");
     }
     let (topic, partitions) = {
         let history = shared.history();
         (history.run.topic.clone(), history.run.partitions)
     };
-    let (reads, high_watermarks) = read_all(&bootstrap, &topic, partitions).await?;
+    let (reads, high_watermarks) = read_all(cluster, &topic, partitions).await?;
     let history = shared.history();
     Ok(checker::check(&history, &reads, &high_watermarks))
-}
-
-async fn admin(bootstrap: &str) -> Result<Admin, ClientError> {
-    let config = AdminConfig {
-        request_timeout_ms: CLIENT_REQUEST_TIMEOUT_MS,
-        ..AdminConfig::default()
-    };
-    Admin::connect_with(bootstrap, config).await
 }
 
 /// One producer: `rate` records a second until the run stops, then close (flush).
@@ -566,8 +865,9 @@ async fn produce(
 
 /// The group consumer: reads and commits what it read until the run stops, recreating
 /// itself after repeated errors (a static member, so a new instance takes the old one's
-/// place without waiting out its session).
-async fn consume(shared: Arc<Shared>, bootstrap: String) {
+/// place without waiting out its session). The SDK consumer takes one bootstrap address:
+/// each new instance uses the next of `addresses`, so a dead broker is not retried alone.
+async fn consume(shared: Arc<Shared>, addresses: Vec<String>) {
     let (topic, group) = {
         let history = shared.history();
         (history.run.topic.clone(), history.run.group.clone())
@@ -608,8 +908,11 @@ async fn consume(shared: Arc<Shared>, bootstrap: String) {
             .all(|(p, hw)| *hw == 0 || committed.get(p).is_some_and(|c| c >= hw))
     };
     let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut attempt = 0usize;
     while !done(&committed) {
-        let mut consumer = match Consumer::connect(&bootstrap, options.clone()).await {
+        let bootstrap = &addresses[attempt % addresses.len().max(1)];
+        attempt += 1;
+        let mut consumer = match Consumer::connect(bootstrap, options.clone()).await {
             Ok(consumer) => consumer,
             Err(error) => {
                 tracing::debug!(%error, "consumer cannot connect; retrying");
@@ -685,7 +988,7 @@ async fn consume(shared: Arc<Shared>, bootstrap: String) {
 
 /// Fetches the group's committed offsets into the history; false if that kept failing
 /// for [`OBSERVE_TIMEOUT_MS`].
-async fn observe(shared: &Shared, bootstrap: &str, when: &str) -> bool {
+async fn observe(shared: &Shared, cluster: &Cluster, when: &str) -> bool {
     let (topic, group) = {
         let history = shared.history();
         (history.run.topic.clone(), history.run.group.clone())
@@ -694,7 +997,7 @@ async fn observe(shared: &Shared, bootstrap: &str, when: &str) -> bool {
     let deadline = Instant::now() + Duration::from_millis(OBSERVE_TIMEOUT_MS);
     loop {
         let attempt = async {
-            let mut admin = admin(bootstrap).await?;
+            let mut admin = cluster.admin(CLIENT_REQUEST_TIMEOUT_MS).await?;
             admin.committed_offsets(&group).await
         };
         match attempt.await {
@@ -725,11 +1028,11 @@ async fn observe(shared: &Shared, bootstrap: &str, when: &str) -> bool {
 
 /// The high watermark of every partition of `topic` (ListOffsets LATEST).
 async fn high_watermarks(
-    bootstrap: &str,
+    cluster: &Cluster,
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let mut admin = admin(bootstrap).await?;
+    let mut admin = cluster.admin(CLIENT_REQUEST_TIMEOUT_MS).await?;
     let wanted: Vec<(String, i32)> = (0..partitions).map(|p| (topic.to_string(), p)).collect();
     Ok(admin
         .list_offsets(&wanted, LATEST)
@@ -743,18 +1046,20 @@ async fn high_watermarks(
 /// Reads every partition from offset 0 to its high watermark (as ListOffsets reports it
 /// now) with a group-less SDK consumer.
 async fn read_all(
-    bootstrap: &str,
+    cluster: &Cluster,
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<(Vec<ReadRecord>, BTreeMap<i32, i64>)> {
-    let high_watermarks = high_watermarks(bootstrap, topic, partitions).await?;
+    let high_watermarks = high_watermarks(cluster, topic, partitions).await?;
+    // Every broker is up now; the SDK consumer finds each partition's leader.
+    let bootstrap = cluster.addresses().into_iter().next().unwrap_or_default();
     let options = ConsumerOptions {
         client_id: "sluice-verify-reader".to_string(),
         auto_offset_reset: AutoOffsetReset::None,
         request_timeout_ms: CLIENT_REQUEST_TIMEOUT_MS as u32,
         ..ConsumerOptions::default()
     };
-    let mut consumer = Consumer::connect(bootstrap, options).await?;
+    let mut consumer = Consumer::connect(&bootstrap, options).await?;
     let assignment: Vec<TopicPartition> = (0..partitions)
         .map(|p| TopicPartition::new(topic, p))
         .collect();
@@ -825,12 +1130,14 @@ fn print_summary(
     args: &VerifyArgs,
     report: &CheckReport,
     faults: &Faults,
+    shape: &Shape,
     info: &RunInfo,
     work_dir: &Path,
     seed: u64,
 ) -> anyhow::Result<()> {
     let commits = report.commit_regressions + report.commits_beyond_high_watermark;
-    let rows: Vec<(&str, u64)> = vec![
+    let mut rows: Vec<(String, u64)> = [
+        ("brokers", shape.brokers as u64),
         ("rounds", u64::from(faults.rounds)),
         ("sigkills", u64::from(faults.kills)),
         ("sigstops", u64::from(faults.stops)),
@@ -845,7 +1152,32 @@ fn print_summary(
         ("commits acked", report.commits),
         ("offset observations", report.observations),
         ("commit regressions", commits),
-    ];
+    ]
+    .into_iter()
+    .map(|(name, count)| (name.to_string(), count))
+    .collect();
+    if shape.brokers > 1 {
+        // Per-broker faults and what the cluster did, after the fault counts.
+        let mut extra = Vec::new();
+        for (id, kills) in &faults.kills_by_broker {
+            extra.push((format!("sigkills broker {id}"), u64::from(*kills)));
+        }
+        for (id, stops) in &faults.stops_by_broker {
+            extra.push((format!("sigstops broker {id}"), u64::from(*stops)));
+        }
+        extra.push((
+            "leader changes".to_string(),
+            u64::from(faults.leader_changes),
+        ));
+        extra.push((
+            "unsettled rounds".to_string(),
+            u64::from(faults.unsettled_rounds),
+        ));
+        if let Some(replicas) = faults.offsets_topic_replicas {
+            extra.push(("offsets topic replicas".to_string(), replicas as u64));
+        }
+        rows.splice(4..4, extra);
+    }
     let shown: Vec<String> = report
         .violations
         .iter()
@@ -859,6 +1191,20 @@ fn print_summary(
             "topic": info.topic,
             "data_dir": work_dir.display().to_string(),
             "check_only": args.check_only,
+            "brokers": shape.brokers,
+            "replication_factor": shape.replication_factor,
+            "min_insync_replicas": shape.min_insync_replicas,
+            "fault_target": match args.fault_target {
+                FaultTarget::Any => "any",
+                FaultTarget::Leader => "leader",
+            },
+            "sigkills_by_broker": faults.kills_by_broker.iter()
+                .map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+            "sigstops_by_broker": faults.stops_by_broker.iter()
+                .map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+            "leader_changes": faults.leader_changes,
+            "unsettled_rounds": faults.unsettled_rounds,
+            "offsets_topic_replicas": faults.offsets_topic_replicas,
             "rounds": faults.rounds,
             "sigkills": faults.kills,
             "sigstops": faults.stops,
