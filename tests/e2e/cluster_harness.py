@@ -311,14 +311,26 @@ class AckedProducer:
 
 
 def high_watermarks(bootstrap, topic, partitions, timeout=30):
-    """{partition: high watermark} through confluent-kafka (ListOffsets latest)."""
-    from confluent_kafka import Consumer, TopicPartition
+    """{partition: high watermark} through confluent-kafka (ListOffsets latest). Retried
+    while leadership moves: the client's metadata may still name a broker that no longer
+    leads (NOT_LEADER_OR_FOLLOWER), which get_watermark_offsets does not retry itself."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "sluice-e2e-watermarks",
-                  "enable.auto.commit": False})
+                  "enable.auto.commit": False, "topic.metadata.refresh.interval.ms": 1000})
     try:
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-                for p in partitions}
+        deadline = time.monotonic() + timeout
+        out = {}
+        for p in partitions:
+            while True:
+                try:
+                    out[p] = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    break
+                except KafkaException as e:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"no high watermark of {topic}/{p}: {e}") from e
+                    time.sleep(0.5)
+        return out
     finally:
         c.close()
 
