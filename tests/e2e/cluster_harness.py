@@ -34,6 +34,19 @@ def start_cluster(make_broker, size=3, settings=None, metrics=False):
     broker's `metrics_port` attribute.
 
     Returns the brokers in node id order (`brokers[i]` is node `i + 1`)."""
+    # Ports come from `free_port`, which releases them before the brokers bind: another
+    # process's outgoing connection can take one meanwhile. A cluster that fails to start
+    # because of that is started again on new ports (and new directories).
+    for attempt in range(3):
+        try:
+            return _start_cluster_once(make_broker, size, settings, metrics, attempt)
+        except AssertionError as error:
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
+
+
+def _start_cluster_once(make_broker, size, settings, metrics, attempt):
+    """One attempt of `start_cluster`."""
     controller_ports = [free_port() for _ in range(size)]
     voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(controller_ports))
     common = {
@@ -50,16 +63,21 @@ def start_cluster(make_broker, size=3, settings=None, metrics=False):
         if metrics:
             metrics_port = free_port()
             extra_args += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
-        b = make_broker(name=f"node{i + 1}", start=False, settings=dict(common),
-                        extra_args=extra_args)
+        name = f"node{i + 1}" if attempt == 0 else f"node{i + 1}-retry{attempt}"
+        b = make_broker(name=name, start=False, settings=dict(common), extra_args=extra_args)
         b.node_id = i + 1
         b.metrics_port = metrics_port
         brokers.append(b)
     # A broker serves once the quorum has a leader and it is registered: start all first.
     for b in brokers:
         b.start(wait=False)
-    for b in brokers:
-        b.wait_ready(timeout=60)
+    try:
+        for b in brokers:
+            b.wait_ready(timeout=60)
+    except AssertionError:
+        for b in brokers:
+            b.cleanup()
+        raise
     return brokers
 
 
